@@ -1,0 +1,29 @@
+//! Compiles our destination API protos and writes the descriptor set that
+//! server reflection serves. protoc comes from the `protoc-bin-vendored` crate
+//! unless `PROTOC` points at another one, so a fresh machine needs nothing installed.
+
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if env::var_os("PROTOC").is_none() {
+        let protoc = protoc_bin_vendored::protoc_bin_path()
+            .map_err(|e| format!("no vendored protoc for this platform ({e}); set PROTOC to a protoc binary"))?;
+        // SAFETY-free: build scripts are single-threaded when this runs.
+        unsafe { env::set_var("PROTOC", protoc) };
+    }
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .build_client(true)
+        .file_descriptor_set_path(out.join("destination_descriptor.bin"))
+        .compile_protos(
+            &[
+                "proto/destination.proto",
+                "proto/net.proto",
+                "proto/meta.proto",
+                "proto/http_types.proto",
+            ],
+            &["proto"],
+        )?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

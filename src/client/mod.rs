@@ -1,0 +1,3 @@
+//! Clients of a running destination service.
+
+pub mod resolve;

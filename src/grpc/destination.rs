@@ -1,0 +1,341 @@
+//! `Get` and `GetProfile`: a task per stream that follows the resolver and sends diffs.
+
+use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, debug, info_span};
+
+use super::{convert, profile};
+use crate::{
+    index::AddrTarget,
+    metrics::{Metrics, RpcLabels, UpdateLabels},
+    model::{
+        Authority, ClientLocality, ContextToken, EndpointAddrs, PortSet, ServiceAuthority, ServiceRef, diff_endpoints,
+    },
+    proto::destination::{self as pb, destination_server::Destination, update},
+    resolver::{EndpointStream, ResolveError, Resolver},
+};
+
+/// How streams behave towards their clients.
+#[derive(Clone, Debug)]
+pub struct StreamSettings {
+    /// The cluster's DNS domain, to parse authorities.
+    pub cluster_domain: String,
+    /// Ports treated as opaque for IPs nothing is known about.
+    pub default_opaque_ports: Arc<PortSet>,
+    /// A client that does not take a message within this time has its stream reset.
+    pub send_timeout: Duration,
+}
+
+/// The destination API over the resolver.
+#[derive(Clone)]
+pub struct DestinationService {
+    resolver: Resolver,
+    settings: Arc<StreamSettings>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::Update, Status>> + Send>>;
+type ProfileStream = Pin<Box<dyn Stream<Item = Result<pb::DestinationProfile, Status>> + Send>>;
+
+/// Buffered messages per stream before the send timeout starts to count.
+const STREAM_BUFFER: usize = 4;
+
+impl DestinationService {
+    /// Serves `resolver`; every stream ends when `shutdown` turns true.
+    pub fn new(
+        resolver: Resolver,
+        settings: StreamSettings,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            resolver,
+            settings: Arc::new(settings),
+            metrics,
+            shutdown,
+        }
+    }
+
+    fn parse(&self, req: &pb::GetDestination) -> Result<Authority, Status> {
+        Authority::parse(&req.path, &self.settings.cluster_domain).map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    fn client_locality(&self, token: &ContextToken) -> ClientLocality {
+        let zone = token
+            .node_name
+            .as_deref()
+            .and_then(|n| self.resolver.clusters().local().index.lock().node_zone(n));
+        ClientLocality {
+            node_name: token.node_name.clone(),
+            zone,
+        }
+    }
+}
+
+fn resolve_status(e: ResolveError) -> Status {
+    match e {
+        ResolveError::ExternalName { .. } => Status::invalid_argument(e.to_string()),
+        ResolveError::MissingRemoteService { .. } => Status::failed_precondition(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Destination for DestinationService {
+    type GetStream = UpdateStream;
+    type GetProfileStream = ProfileStream;
+
+    async fn get(&self, req: Request<pb::GetDestination>) -> Result<Response<UpdateStream>, Status> {
+        let req = req.into_inner();
+        let authority = match self.parse(&req)? {
+            Authority::Service(s) => s,
+            Authority::Ip(addr) => {
+                return Err(Status::invalid_argument(format!(
+                    "Get does not resolve IP addresses ({addr}); use GetProfile, or ask for a service name"
+                )));
+            }
+        };
+        let client = self.client_locality(&ContextToken::parse(&req.context_token));
+        let mut stream = self.resolver.resolve(&authority);
+        // Resolve the first set before answering so that an unresolvable service fails the call.
+        let first = match stream.next().await {
+            Some(Ok(set)) => set,
+            Some(Err(e)) => return Err(resolve_status(e)),
+            None => return Err(Status::unavailable("the server is shutting down")),
+        };
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let task = EndpointTask {
+            stream,
+            client,
+            tx,
+            settings: Arc::clone(&self.settings),
+            metrics: Arc::clone(&self.metrics),
+            local_cluster: self.resolver.clusters().local().name.to_string(),
+        };
+        let span = info_span!("get", authority = %req.path);
+        tokio::spawn(task.run(first, self.shutdown.clone()).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_profile(&self, req: Request<pb::GetDestination>) -> Result<Response<ProfileStream>, Status> {
+        let req = req.into_inner();
+        let authority = self.parse(&req)?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let task = ProfileTask {
+            tx,
+            settings: Arc::clone(&self.settings),
+            metrics: Arc::clone(&self.metrics),
+        };
+        let index = &self.resolver.clusters().local().index;
+        let span = info_span!("get_profile", authority = %req.path);
+        match authority {
+            Authority::Service(s) => {
+                let svc_rx = index.lock().service_rx(&ServiceRef::new(&s.namespace, &s.service));
+                tokio::spawn(task.run_service(s, svc_rx, self.shutdown.clone()).instrument(span));
+            }
+            Authority::Ip(addr) => {
+                let addr_rx = index.lock().addr_rx(addr);
+                tokio::spawn(task.run_addr(addr, addr_rx, self.shutdown.clone()).instrument(span));
+            }
+        }
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Counts a stream as open for as long as it lives.
+struct OpenStream {
+    metrics: Arc<Metrics>,
+    rpc: &'static str,
+}
+
+impl OpenStream {
+    fn new(metrics: &Arc<Metrics>, rpc: &'static str) -> Self {
+        metrics.streams_open.get_or_create(&RpcLabels { rpc }).inc();
+        Self {
+            metrics: Arc::clone(metrics),
+            rpc,
+        }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.metrics.streams_open.get_or_create(&RpcLabels { rpc: self.rpc }).dec();
+    }
+}
+
+/// Why a stream stopped sending.
+enum SendError {
+    /// The client went away.
+    Closed,
+    /// The client stopped reading.
+    TimedOut,
+}
+
+async fn send<T>(
+    tx: &mpsc::Sender<Result<T, Status>>,
+    msg: T,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> Result<(), SendError> {
+    match tx.send_timeout(Ok(msg), timeout).await {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(SendError::Closed),
+        Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+            metrics.stream_send_timeouts.inc();
+            Err(SendError::TimedOut)
+        }
+    }
+}
+
+struct EndpointTask {
+    stream: EndpointStream,
+    client: ClientLocality,
+    tx: mpsc::Sender<Result<pb::Update, Status>>,
+    settings: Arc<StreamSettings>,
+    metrics: Arc<Metrics>,
+    local_cluster: String,
+}
+
+impl EndpointTask {
+    async fn run(mut self, first: Arc<crate::model::EndpointSet>, mut shutdown: watch::Receiver<bool>) {
+        let _open = OpenStream::new(&self.metrics, "Get");
+        // What the client holds: `None` before the first message.
+        let mut sent: Option<(bool, Arc<EndpointAddrs>)> = None;
+        let mut next = Some(Ok(first));
+        loop {
+            let set = match next.take() {
+                Some(Ok(set)) => set,
+                Some(Err(e)) => {
+                    let _ = self.tx.send(Err(resolve_status(e))).await;
+                    return;
+                }
+                None => return,
+            };
+            let view = self.client.filter(&set);
+            let updates = match &sent {
+                Some((exists, before)) if *exists == set.exists => {
+                    let diff = diff_endpoints(before, &view);
+                    let mut updates = Vec::with_capacity(2);
+                    if !diff.removed.is_empty() {
+                        updates.push(convert::remove(diff.removed));
+                    }
+                    if !diff.added.is_empty() {
+                        updates.push(convert::add(&diff.added, &set.labels, &self.client, &self.local_cluster));
+                    }
+                    updates
+                }
+                Some((true, _)) if !set.exists => vec![convert::no_endpoints(false)],
+                _ => vec![convert::full_update(
+                    set.exists,
+                    &view,
+                    &set.labels,
+                    &self.client,
+                    &self.local_cluster,
+                )],
+            };
+            for u in updates {
+                let kind = match &u.update {
+                    Some(update::Update::Add(_)) => "add",
+                    Some(update::Update::Remove(_)) => "remove",
+                    _ => "no_endpoints",
+                };
+                match send(&self.tx, u, self.settings.send_timeout, &self.metrics).await {
+                    Ok(()) => {
+                        self.metrics
+                            .updates_sent
+                            .get_or_create(&UpdateLabels { rpc: "Get", kind })
+                            .inc();
+                    }
+                    Err(SendError::Closed) => return,
+                    Err(SendError::TimedOut) => {
+                        debug!("client stopped reading; resetting the stream");
+                        let _ = self.tx.try_send(Err(Status::deadline_exceeded("client did not read updates")));
+                        return;
+                    }
+                }
+            }
+            sent = Some((set.exists, if set.exists { view } else { Arc::default() }));
+            next = tokio::select! {
+                n = self.stream.next() => n,
+                _ = self.tx.closed() => return,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+        }
+    }
+}
+
+struct ProfileTask {
+    tx: mpsc::Sender<Result<pb::DestinationProfile, Status>>,
+    settings: Arc<StreamSettings>,
+    metrics: Arc<Metrics>,
+}
+
+impl ProfileTask {
+    async fn run_service(
+        self,
+        authority: ServiceAuthority,
+        mut rx: watch::Receiver<Option<Arc<crate::model::ServiceInfo>>>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let port = authority.port;
+        let domain = self.settings.cluster_domain.clone();
+        let build = move |rx: &mut watch::Receiver<Option<Arc<crate::model::ServiceInfo>>>| {
+            let info = rx.borrow_and_update().clone();
+            match info {
+                Some(info) => profile::for_service(&info, port, &domain),
+                None => profile::default_profile(false),
+            }
+        };
+        self.run(&mut rx, build, shutdown).await;
+    }
+
+    async fn run_addr(self, addr: SocketAddr, mut rx: watch::Receiver<AddrTarget>, shutdown: watch::Receiver<bool>) {
+        let domain = self.settings.cluster_domain.clone();
+        let defaults = Arc::clone(&self.settings.default_opaque_ports);
+        let build = move |rx: &mut watch::Receiver<AddrTarget>| match &*rx.borrow_and_update() {
+            AddrTarget::Service(info) => profile::for_service(info, addr.port(), &domain),
+            AddrTarget::Pod(endpoint) => profile::for_endpoint(endpoint),
+            AddrTarget::Unknown => profile::default_profile(defaults.contains(addr.port(), None)),
+        };
+        self.run(&mut rx, build, shutdown).await;
+    }
+
+    async fn run<T>(
+        self,
+        rx: &mut watch::Receiver<T>,
+        mut build: impl FnMut(&mut watch::Receiver<T>) -> pb::DestinationProfile,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let _open = OpenStream::new(&self.metrics, "GetProfile");
+        let mut last: Option<pb::DestinationProfile> = None;
+        loop {
+            let profile = build(rx);
+            if last.as_ref() != Some(&profile) {
+                if send(&self.tx, profile.clone(), self.settings.send_timeout, &self.metrics)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                self.metrics
+                    .updates_sent
+                    .get_or_create(&UpdateLabels {
+                        rpc: "GetProfile",
+                        kind: "profile",
+                    })
+                    .inc();
+                last = Some(profile);
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = self.tx.closed() => return,
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}

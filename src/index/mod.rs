@@ -1,0 +1,563 @@
+//! The in-memory index of one cluster: Kubernetes objects in, endpoint snapshots out.
+//!
+//! Synchronous and I/O-free. Sources call `apply_*`, `delete_*` and `reset_*`; readers
+//! ask for a `watch` receiver per lookup (`*_rx`), which is created lazily, updated
+//! whenever an object it depends on changes, and dropped once no receiver is left.
+//! Writers never wait for readers: a slow reader only skips intermediate snapshots.
+
+mod clusters;
+mod endpoints;
+mod links;
+mod pod;
+mod service;
+mod slice;
+
+#[cfg(test)]
+mod tests;
+
+pub use clusters::{ClusterHandle, ClusterSet, ClusterStatus};
+pub use links::{LinkedClusterSpec, RejectedSecret};
+pub use pod::PodInfo;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use tokio::sync::watch;
+
+use crate::{
+    k8s::{EndpointSlice, Node, Pod, Secret, Service},
+    model::{Endpoint, PortSet, PortSnapshot, ServiceInfo, ServiceRef},
+};
+use service::ServiceState;
+use slice::SliceState;
+
+/// An index shared between its source (the writer) and the resolver (readers).
+pub type SharedIndex = Arc<parking_lot::Mutex<ClusterIndex>>;
+
+/// How endpoints of this cluster are described.
+#[derive(Clone, Debug)]
+pub struct IndexConfig {
+    /// The cluster's name, attached to every endpoint.
+    pub cluster_name: Arc<str>,
+    /// The cluster's DNS domain (e.g. `cluster.local`).
+    pub cluster_domain: String,
+    /// The identity trust domain of the cluster's control plane.
+    pub trust_domain: String,
+    /// The namespace of the control plane whose pods get identities.
+    pub control_plane_ns: String,
+    /// Ports treated as opaque when a pod does not say otherwise.
+    pub default_opaque_ports: Arc<PortSet>,
+}
+
+/// A namespaced pod name.
+pub type PodRef = (String, String);
+
+/// What an IP address and port are, for `GetProfile`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddrTarget {
+    /// A Service's cluster IP.
+    Service(Arc<ServiceInfo>),
+    /// A pod's IP: the endpoint the pod is on that port.
+    Pod(Arc<Endpoint>),
+    /// Nothing this cluster knows.
+    Unknown,
+}
+
+/// Object counts, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexCounts {
+    pub services: usize,
+    pub endpoint_slices: usize,
+    pub pods: usize,
+    pub nodes: usize,
+    pub endpoints_published: usize,
+    pub lookups: usize,
+}
+
+/// One cluster's index.
+pub struct ClusterIndex {
+    config: IndexConfig,
+    services: HashMap<ServiceRef, ServiceState>,
+    /// Slices by owning service, then by slice name.
+    slices: HashMap<ServiceRef, BTreeMap<String, SliceState>>,
+    /// Slice (namespace, name) to its service, so deletes by name find it.
+    slice_owners: HashMap<(String, String), ServiceRef>,
+    pods: HashMap<PodRef, Arc<PodInfo>>,
+    /// Services whose slices reference a pod, with how many endpoints do.
+    pod_services: HashMap<PodRef, HashMap<ServiceRef, usize>>,
+    pod_ips: HashMap<IpAddr, PodRef>,
+    cluster_ips: HashMap<IpAddr, ServiceRef>,
+    node_zones: HashMap<String, Option<Arc<str>>>,
+    links: links::LinkState,
+    lookups: HashMap<ServiceRef, HashMap<u16, watch::Sender<Arc<PortSnapshot>>>>,
+    service_watches: HashMap<ServiceRef, watch::Sender<Option<Arc<ServiceInfo>>>>,
+    addr_watches: HashMap<IpAddr, HashMap<u16, watch::Sender<AddrTarget>>>,
+}
+
+// === impl ClusterIndex ===
+
+impl ClusterIndex {
+    /// Creates an empty index.
+    pub fn new(config: IndexConfig) -> Self {
+        let links = links::LinkState::new(config.control_plane_ns.clone());
+        Self {
+            config,
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slice_owners: HashMap::new(),
+            pods: HashMap::new(),
+            pod_services: HashMap::new(),
+            pod_ips: HashMap::new(),
+            cluster_ips: HashMap::new(),
+            node_zones: HashMap::new(),
+            links,
+            lookups: HashMap::new(),
+            service_watches: HashMap::new(),
+            addr_watches: HashMap::new(),
+        }
+    }
+
+    /// Creates an empty index ready to be shared.
+    pub fn shared(config: IndexConfig) -> SharedIndex {
+        Arc::new(parking_lot::Mutex::new(Self::new(config)))
+    }
+
+    /// The configuration this index describes endpoints with.
+    pub fn config(&self) -> &IndexConfig {
+        &self.config
+    }
+
+    /// How many objects the index holds and serves.
+    pub fn counts(&self) -> IndexCounts {
+        IndexCounts {
+            services: self.services.len(),
+            endpoint_slices: self.slice_owners.len(),
+            pods: self.pods.len(),
+            nodes: self.node_zones.len(),
+            endpoints_published: self
+                .lookups
+                .values()
+                .flat_map(|ports| ports.values())
+                .map(|tx| tx.borrow().endpoints.len())
+                .sum(),
+            lookups: self.lookups.values().map(HashMap::len).sum(),
+        }
+    }
+
+    // --- lookups ---
+
+    /// The endpoints of a service port, kept current.
+    pub fn endpoints_rx(&mut self, svc: &ServiceRef, port: u16) -> watch::Receiver<Arc<PortSnapshot>> {
+        if let Some(tx) = self.lookups.get(svc).and_then(|ports| ports.get(&port)) {
+            return tx.subscribe();
+        }
+        let snapshot = Arc::new(self.compute_port(svc, port, None));
+        let (tx, rx) = watch::channel(snapshot);
+        self.lookups.entry(svc.clone()).or_default().insert(port, tx);
+        rx
+    }
+
+    /// A service's interpreted description, kept current (`None` while it does not exist).
+    pub fn service_rx(&mut self, svc: &ServiceRef) -> watch::Receiver<Option<Arc<ServiceInfo>>> {
+        if let Some(tx) = self.service_watches.get(svc) {
+            return tx.subscribe();
+        }
+        let info = self.services.get(svc).map(|s| Arc::clone(&s.info));
+        let (tx, rx) = watch::channel(info);
+        self.service_watches.insert(svc.clone(), tx);
+        rx
+    }
+
+    /// What an IP address and port belong to, kept current.
+    pub fn addr_rx(&mut self, addr: SocketAddr) -> watch::Receiver<AddrTarget> {
+        if let Some(tx) = self.addr_watches.get(&addr.ip()).and_then(|p| p.get(&addr.port())) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(self.compute_addr(addr));
+        self.addr_watches.entry(addr.ip()).or_default().insert(addr.port(), tx);
+        rx
+    }
+
+    /// Releases every lookup whose receivers are all gone.
+    pub fn gc(&mut self) {
+        for ports in self.lookups.values_mut() {
+            ports.retain(|_, tx| !tx.is_closed());
+        }
+        self.lookups.retain(|_, ports| !ports.is_empty());
+        self.service_watches.retain(|_, tx| !tx.is_closed());
+        for ports in self.addr_watches.values_mut() {
+            ports.retain(|_, tx| !tx.is_closed());
+        }
+        self.addr_watches.retain(|_, ports| !ports.is_empty());
+    }
+
+    /// The zone of a node, when the node is known and labelled.
+    pub fn node_zone(&self, node: &str) -> Option<Arc<str>> {
+        self.node_zones.get(node).cloned().flatten()
+    }
+
+    /// The linked clusters defined by credentials Secrets, kept current.
+    pub fn linked_clusters_rx(&self) -> watch::Receiver<Arc<BTreeMap<String, LinkedClusterSpec>>> {
+        self.links.subscribe()
+    }
+
+    /// Credentials Secrets that were rejected, with the reason.
+    pub fn rejected_secrets(&self) -> Vec<RejectedSecret> {
+        self.links.rejected()
+    }
+
+    // --- Services ---
+
+    /// Adds or updates a Service.
+    pub fn apply_service(&mut self, svc: &Service) {
+        let Some(state) = ServiceState::from_k8s(svc) else {
+            return;
+        };
+        let key = state.info.service.clone();
+        if self.services.get(&key) == Some(&state) {
+            return;
+        }
+        let old = self.services.insert(key.clone(), state);
+        self.after_service_change(&key, old);
+    }
+
+    /// Removes a Service.
+    pub fn delete_service(&mut self, namespace: &str, name: &str) {
+        let key = ServiceRef::new(namespace, name);
+        if let Some(old) = self.services.remove(&key) {
+            self.after_service_change(&key, Some(old));
+        }
+    }
+
+    /// Replaces every Service with `svcs` (after a relist).
+    pub fn reset_services(&mut self, svcs: &[Service]) {
+        let keep: HashSet<ServiceRef> = svcs.iter().filter_map(service::service_ref).collect();
+        let gone: Vec<ServiceRef> = self.services.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+        for key in gone {
+            self.delete_service(&key.namespace, &key.name);
+        }
+        for svc in svcs {
+            self.apply_service(svc);
+        }
+    }
+
+    fn after_service_change(&mut self, key: &ServiceRef, old: Option<ServiceState>) {
+        let new_info = self.services.get(key).map(|s| Arc::clone(&s.info));
+        let mut ips: HashSet<IpAddr> = HashSet::new();
+        if let Some(old) = &old {
+            for ip in &old.info.cluster_ips {
+                if self.cluster_ips.get(ip) == Some(key) {
+                    self.cluster_ips.remove(ip);
+                }
+                ips.insert(*ip);
+            }
+        }
+        if let Some(info) = &new_info {
+            for ip in &info.cluster_ips {
+                self.cluster_ips.insert(*ip, key.clone());
+                ips.insert(*ip);
+            }
+        }
+        if let Some(tx) = self.service_watches.get(key) {
+            tx.send_if_modified(|cur| replace_if_changed(cur, new_info.clone()));
+        }
+        self.gc_service_watch(key);
+        self.refresh_service(key);
+        for ip in ips {
+            self.refresh_addr_ip(ip);
+        }
+    }
+
+    // --- EndpointSlices ---
+
+    /// Adds or updates an EndpointSlice.
+    pub fn apply_endpoint_slice(&mut self, slice: &EndpointSlice) {
+        let Some((owner, name, state)) = SliceState::from_k8s(slice) else {
+            return;
+        };
+        let id = (owner.namespace.clone(), name.clone());
+        // A slice that moved to another service (label edit) leaves the old one.
+        if let Some(prev_owner) = self.slice_owners.get(&id).cloned() {
+            if prev_owner != owner {
+                self.delete_endpoint_slice(&id.0, &id.1);
+            }
+        }
+        let slices = self.slices.entry(owner.clone()).or_default();
+        if slices.get(&name) == Some(&state) {
+            return;
+        }
+        let new_pods = state.pod_refs();
+        let old_pods = slices.insert(name, state).map(|s| s.pod_refs()).unwrap_or_default();
+        self.slice_owners.insert(id, owner.clone());
+        self.track_pod_refs(&owner, &old_pods, &new_pods);
+        self.refresh_service(&owner);
+    }
+
+    /// Removes an EndpointSlice.
+    pub fn delete_endpoint_slice(&mut self, namespace: &str, name: &str) {
+        let id = (namespace.to_string(), name.to_string());
+        let Some(owner) = self.slice_owners.remove(&id) else {
+            return;
+        };
+        let removed = self.slices.get_mut(&owner).and_then(|s| s.remove(name));
+        if self.slices.get(&owner).is_some_and(BTreeMap::is_empty) {
+            self.slices.remove(&owner);
+        }
+        if let Some(old) = removed {
+            self.track_pod_refs(&owner, &old.pod_refs(), &[]);
+        }
+        self.refresh_service(&owner);
+    }
+
+    /// Replaces every EndpointSlice with `slices`.
+    pub fn reset_endpoint_slices(&mut self, slices: &[EndpointSlice]) {
+        let keep: HashSet<(String, String)> = slices.iter().filter_map(slice::slice_id).collect();
+        let gone: Vec<(String, String)> = self.slice_owners.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+        for (ns, name) in gone {
+            self.delete_endpoint_slice(&ns, &name);
+        }
+        for s in slices {
+            self.apply_endpoint_slice(s);
+        }
+    }
+
+    fn track_pod_refs(&mut self, svc: &ServiceRef, old: &[PodRef], new: &[PodRef]) {
+        for pod in new {
+            *self.pod_services.entry(pod.clone()).or_default().entry(svc.clone()).or_default() += 1;
+        }
+        for pod in old {
+            if let Some(svcs) = self.pod_services.get_mut(pod) {
+                if let Some(n) = svcs.get_mut(svc) {
+                    *n -= 1;
+                    if *n == 0 {
+                        svcs.remove(svc);
+                    }
+                }
+                if svcs.is_empty() {
+                    self.pod_services.remove(pod);
+                }
+            }
+        }
+    }
+
+    // --- Pods ---
+
+    /// Adds or updates a Pod.
+    pub fn apply_pod(&mut self, pod: &Pod) {
+        let Some(info) = PodInfo::from_k8s(pod, &self.config) else {
+            return;
+        };
+        let key = (info.namespace.clone(), info.name.clone());
+        if self.pods.get(&key).is_some_and(|p| **p == info) {
+            return;
+        }
+        let old = self.pods.insert(key.clone(), Arc::new(info));
+        self.after_pod_change(&key, old);
+    }
+
+    /// Removes a Pod.
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(old) = self.pods.remove(&key) {
+            self.after_pod_change(&key, Some(old));
+        }
+    }
+
+    /// Replaces every Pod with `pods`.
+    pub fn reset_pods(&mut self, pods: &[Pod]) {
+        let keep: HashSet<PodRef> = pods.iter().filter_map(pod::pod_ref).collect();
+        let gone: Vec<PodRef> = self.pods.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+        for (ns, name) in gone {
+            self.delete_pod(&ns, &name);
+        }
+        for p in pods {
+            self.apply_pod(p);
+        }
+    }
+
+    fn after_pod_change(&mut self, key: &PodRef, old: Option<Arc<PodInfo>>) {
+        let mut ips: HashSet<IpAddr> = HashSet::new();
+        if let Some(old) = &old {
+            for ip in &old.ips {
+                if self.pod_ips.get(ip) == Some(key) {
+                    self.pod_ips.remove(ip);
+                }
+                ips.insert(*ip);
+            }
+        }
+        if let Some(new) = self.pods.get(key) {
+            for ip in &new.ips {
+                self.pod_ips.insert(*ip, key.clone());
+                ips.insert(*ip);
+            }
+        }
+        let svcs: Vec<ServiceRef> = self
+            .pod_services
+            .get(key)
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default();
+        for svc in svcs {
+            self.refresh_service(&svc);
+        }
+        for ip in ips {
+            self.refresh_addr_ip(ip);
+        }
+    }
+
+    // --- Nodes ---
+
+    /// Adds or updates a Node (only its zone matters).
+    pub fn apply_node(&mut self, node: &Node) {
+        let Some(name) = node.metadata.name.clone() else {
+            return;
+        };
+        let zone: Option<Arc<str>> = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::k8s::labels::TOPOLOGY_ZONE))
+            .map(|z| Arc::from(z.as_str()));
+        if self.node_zones.get(&name) == Some(&zone) {
+            return;
+        }
+        self.node_zones.insert(name, zone);
+        self.refresh_all();
+    }
+
+    /// Removes a Node.
+    pub fn delete_node(&mut self, name: &str) {
+        if self.node_zones.remove(name).is_some() {
+            self.refresh_all();
+        }
+    }
+
+    /// Replaces every Node with `nodes`.
+    pub fn reset_nodes(&mut self, nodes: &[Node]) {
+        let keep: HashSet<&str> = nodes.iter().filter_map(|n| n.metadata.name.as_deref()).collect();
+        self.node_zones.retain(|name, _| keep.contains(name.as_str()));
+        for n in nodes {
+            self.apply_node(n);
+        }
+        self.refresh_all();
+    }
+
+    // --- Secrets ---
+
+    /// Adds or updates a Secret (only linked-cluster credentials matter).
+    pub fn apply_secret(&mut self, secret: &Secret) {
+        self.links.apply(secret);
+    }
+
+    /// Removes a Secret.
+    pub fn delete_secret(&mut self, namespace: &str, name: &str) {
+        self.links.delete(namespace, name);
+    }
+
+    /// Replaces every Secret with `secrets`.
+    pub fn reset_secrets(&mut self, secrets: &[Secret]) {
+        self.links.reset(secrets);
+    }
+
+    // --- publishing ---
+
+    /// Recomputes every open lookup of `svc` and publishes those that changed.
+    fn refresh_service(&mut self, svc: &ServiceRef) {
+        let Some(ports) = self.lookups.get(svc) else {
+            return;
+        };
+        let ports: Vec<(u16, Arc<PortSnapshot>, bool)> = ports
+            .iter()
+            .map(|(port, tx)| (*port, Arc::clone(&tx.borrow()), tx.is_closed()))
+            .collect();
+        for (port, prev, closed) in ports {
+            if closed {
+                self.remove_lookup(svc, port);
+                continue;
+            }
+            let next = self.compute_port(svc, port, Some(&prev));
+            if *prev != next {
+                if let Some(tx) = self.lookups.get(svc).and_then(|p| p.get(&port)) {
+                    tx.send_replace(Arc::new(next));
+                }
+            }
+        }
+    }
+
+    fn remove_lookup(&mut self, svc: &ServiceRef, port: u16) {
+        if let Some(ports) = self.lookups.get_mut(svc) {
+            ports.remove(&port);
+            if ports.is_empty() {
+                self.lookups.remove(svc);
+            }
+        }
+    }
+
+    fn gc_service_watch(&mut self, svc: &ServiceRef) {
+        if self.service_watches.get(svc).is_some_and(watch::Sender::is_closed) {
+            self.service_watches.remove(svc);
+        }
+    }
+
+    fn refresh_all(&mut self) {
+        let svcs: Vec<ServiceRef> = self.lookups.keys().cloned().collect();
+        for svc in svcs {
+            self.refresh_service(&svc);
+        }
+        let ips: Vec<IpAddr> = self.addr_watches.keys().copied().collect();
+        for ip in ips {
+            self.refresh_addr_ip(ip);
+        }
+    }
+
+    fn refresh_addr_ip(&mut self, ip: IpAddr) {
+        let Some(ports) = self.addr_watches.get(&ip) else {
+            return;
+        };
+        let ports: Vec<u16> = ports.keys().copied().collect();
+        for port in ports {
+            let target = self.compute_addr(SocketAddr::new(ip, port));
+            if let Some(watches) = self.addr_watches.get_mut(&ip) {
+                if let Some(tx) = watches.get(&port) {
+                    if tx.is_closed() {
+                        watches.remove(&port);
+                    } else {
+                        tx.send_if_modified(|cur| replace_if_changed(cur, target));
+                    }
+                }
+                if watches.is_empty() {
+                    self.addr_watches.remove(&ip);
+                }
+            }
+        }
+    }
+
+    fn compute_addr(&self, addr: SocketAddr) -> AddrTarget {
+        if let Some(svc) = self.cluster_ips.get(&addr.ip()).and_then(|k| self.services.get(k)) {
+            return AddrTarget::Service(Arc::clone(&svc.info));
+        }
+        match self.pod_ips.get(&addr.ip()).and_then(|k| self.pods.get(k)) {
+            Some(pod) => AddrTarget::Pod(Arc::new(endpoints::pod_endpoint(
+                &self.config,
+                pod,
+                addr,
+                self.node_zones_of(pod.node_name.as_deref()),
+            ))),
+            None => AddrTarget::Unknown,
+        }
+    }
+
+    fn node_zones_of(&self, node: Option<&str>) -> Option<Arc<str>> {
+        node.and_then(|n| self.node_zone(n))
+    }
+}
+
+fn replace_if_changed<T: PartialEq>(cur: &mut T, next: T) -> bool {
+    if *cur == next {
+        return false;
+    }
+    *cur = next;
+    true
+}

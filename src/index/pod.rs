@@ -1,0 +1,163 @@
+//! Pods as the index keeps them: only what endpoint attributes need.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use super::{IndexConfig, PodRef};
+use crate::{
+    k8s::{Pod, labels},
+    model::{PortSet, endpoint::Labels},
+};
+
+/// The proxy's inbound port when the pod does not say.
+pub const DEFAULT_INBOUND_PORT: u16 = 4143;
+
+/// What the index keeps of a Pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub node_name: Option<String>,
+    /// Has a proxy (`linkerd.io/control-plane-ns` is set).
+    pub meshed: bool,
+    /// The TLS identity, when meshed by our control plane.
+    pub identity: Option<Arc<str>>,
+    pub skip_inbound: Option<PortSet>,
+    /// The pod's own opaque ports; `None` means the defaults apply.
+    pub opaque_ports: Option<PortSet>,
+    /// Container port numbers to names, for ports listed by name.
+    pub port_names: HashMap<u16, String>,
+    pub inbound_port: u16,
+    /// `pod`, `namespace`, owner kind (`deployment`, ...) and `serviceaccount`.
+    pub labels: Labels,
+}
+
+pub(super) fn pod_ref(pod: &Pod) -> Option<PodRef> {
+    Some((
+        pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        pod.metadata.name.clone()?,
+    ))
+}
+
+impl PodInfo {
+    /// Reads a Pod; `None` when it has no name.
+    pub fn from_k8s(pod: &Pod, config: &IndexConfig) -> Option<Self> {
+        let (namespace, name) = pod_ref(pod)?;
+        let meta_labels = pod.metadata.labels.clone().unwrap_or_default();
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let status = pod.status.clone().unwrap_or_default();
+
+        let mut ips: Vec<IpAddr> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .map(|p| p.ip.as_str())
+            .chain(status.pod_ip.as_deref())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        ips.sort();
+        ips.dedup();
+
+        let control_plane_ns = meta_labels.get(labels::CONTROL_PLANE_NS);
+        let meshed = control_plane_ns.is_some();
+        let service_account = spec
+            .service_account_name
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let identity = (control_plane_ns == Some(&config.control_plane_ns) && !config.trust_domain.is_empty())
+            .then(|| {
+                Arc::from(format!(
+                    "{service_account}.{namespace}.serviceaccount.identity.{}.{}",
+                    config.control_plane_ns, config.trust_domain
+                ))
+            });
+
+        let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+        let mut port_names = HashMap::new();
+        let mut inbound_port = DEFAULT_INBOUND_PORT;
+        for c in containers {
+            for p in c.ports.iter().flatten() {
+                if let (Ok(n), Some(pname)) = (u16::try_from(p.container_port), p.name.as_ref()) {
+                    port_names.insert(n, pname.clone());
+                }
+            }
+            if c.name == labels::PROXY_CONTAINER {
+                let listen = c
+                    .env
+                    .iter()
+                    .flatten()
+                    .find(|e| e.name == labels::PROXY_INBOUND_LISTEN_ADDR_ENV)
+                    .and_then(|e| e.value.as_deref());
+                if let Some(port) = listen.and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()) {
+                    inbound_port = port;
+                }
+            }
+        }
+
+        let mut pod_labels = BTreeMap::new();
+        pod_labels.insert("pod".to_string(), name.clone());
+        pod_labels.insert("namespace".to_string(), namespace.clone());
+        pod_labels.insert("serviceaccount".to_string(), service_account);
+        if let Some((kind, owner)) = owner_label(pod, &meta_labels) {
+            pod_labels.insert(kind, owner);
+        }
+
+        Some(Self {
+            namespace,
+            name,
+            ips,
+            node_name: spec.node_name.clone(),
+            meshed,
+            identity,
+            skip_inbound: annotations
+                .get(labels::SKIP_INBOUND_PORTS)
+                .map(|l| PortSet::parse(l).0),
+            opaque_ports: annotations.get(labels::OPAQUE_PORTS).map(|l| PortSet::parse(l).0),
+            port_names,
+            inbound_port,
+            labels: Arc::new(pod_labels),
+        })
+    }
+
+    /// Whether the pod's proxy handles inbound traffic on `port`.
+    pub fn proxied(&self, port: u16) -> bool {
+        self.meshed
+            && !self
+                .skip_inbound
+                .as_ref()
+                .is_some_and(|s| s.contains(port, self.port_names.get(&port).map(String::as_str)))
+    }
+
+    /// Whether traffic to `port` is opaque.
+    pub fn is_opaque(&self, port: u16, defaults: &PortSet) -> bool {
+        let name = self.port_names.get(&port).map(String::as_str);
+        match &self.opaque_ports {
+            Some(set) => set.contains(port, name),
+            None => defaults.contains(port, name),
+        }
+    }
+}
+
+/// The owner metric label: `deployment` for ReplicaSet pods, else the controller's kind.
+fn owner_label(pod: &Pod, meta_labels: &BTreeMap<String, String>) -> Option<(String, String)> {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    if owner.kind == "ReplicaSet" {
+        if let Some(hash) = meta_labels.get(labels::POD_TEMPLATE_HASH) {
+            if let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}")) {
+                return Some(("deployment".into(), deployment.into()));
+            }
+        }
+    }
+    Some((owner.kind.to_ascii_lowercase(), owner.name.clone()))
+}

@@ -1,0 +1,50 @@
+//! Label and annotation keys, and the values that carry meaning.
+
+/// Pod label: the namespace of the control plane that injected the pod's proxy.
+pub const CONTROL_PLANE_NS: &str = "linkerd.io/control-plane-ns";
+/// Pod annotation: inbound ports the proxy does not intercept.
+pub const SKIP_INBOUND_PORTS: &str = "config.linkerd.io/skip-inbound-ports";
+/// Pod or Service annotation: ports whose traffic is opaque TCP.
+pub const OPAQUE_PORTS: &str = "config.linkerd.io/opaque-ports";
+/// The proxy container's name, and its env var naming its inbound listener.
+pub const PROXY_CONTAINER: &str = "linkerd-proxy";
+pub const PROXY_INBOUND_LISTEN_ADDR_ENV: &str = "LINKERD2_PROXY_INBOUND_LISTEN_ADDR";
+
+/// Node label holding the node's zone.
+pub const TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
+/// EndpointSlice label naming the Service it belongs to.
+pub const SLICE_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Pod label set by Deployments on their ReplicaSets' pods.
+pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+
+/// Secret type of linked-cluster credentials.
+pub const REMOTE_KUBECONFIG_SECRET_TYPE: &str = "mirror.linkerd.io/remote-kubeconfig";
+/// Secret data key of the kubeconfig.
+pub const KUBECONFIG_KEY: &str = "kubeconfig";
+/// Label naming the linked cluster (credentials Secrets).
+pub const MC_CLUSTER_NAME: &str = "multicluster.linkerd.io/cluster-name";
+/// Annotations on credentials Secrets.
+pub const MC_TRUST_DOMAIN: &str = "multicluster.linkerd.io/trust-domain";
+pub const MC_CLUSTER_DOMAIN: &str = "multicluster.linkerd.io/cluster-domain";
+
+/// Remote-discovery mirror labels: the source cluster and the remote service name.
+pub const MC_REMOTE_DISCOVERY: &str = "multicluster.linkerd.io/remote-discovery";
+pub const MC_REMOTE_SERVICE: &str = "multicluster.linkerd.io/remote-service";
+/// Federated service annotation listing local members.
+pub const MC_LOCAL_DISCOVERY: &str = "multicluster.linkerd.io/local-discovery";
+
+/// Labels and annotations of mirror services.
+pub const MIRROR_PREFIX: &str = "mirror.linkerd.io";
+pub const MIRRORED_SERVICE: &str = "mirror.linkerd.io/mirrored-service";
+pub const MIRROR_CLUSTER_NAME: &str = "mirror.linkerd.io/cluster-name";
+pub const REMOTE_SVC_FQ_NAME: &str = "mirror.linkerd.io/remote-svc-fq-name";
+pub const REMOTE_RESOURCE_VERSION: &str = "mirror.linkerd.io/remote-resource-version";
+pub const REMOTE_GATEWAY_IDENTITY: &str = "mirror.linkerd.io/remote-gateway-identity";
+pub const HEADLESS_MIRROR_SVC_NAME: &str = "mirror.linkerd.io/headless-mirror-svc-name";
+
+/// Export labels on target-cluster Services, and their values.
+pub const EXPORTED: &str = "mirror.linkerd.io/exported";
+pub const EXPORTED_GATEWAY: &str = "true";
+pub const EXPORTED_REMOTE_DISCOVERY: &str = "remote-discovery";
+pub const FEDERATED: &str = "mirror.linkerd.io/federated";
+pub const FEDERATED_MEMBER: &str = "member";

@@ -1,0 +1,17 @@
+//! meshlink: a control plane for a service mesh that spans clusters.
+//!
+//! Layers, from the bottom: [`model`] (domain types), [`index`] (per-cluster state,
+//! synchronous), [`sources`] (files or Kubernetes into the index), [`resolver`] and
+//! [`grpc`] (serving), [`runtime`] (wiring and the command line).
+#![forbid(unsafe_code)]
+
+pub mod k8s;
+pub mod model;
+pub mod index;
+pub mod resolver;
+pub mod grpc;
+pub mod metrics;
+pub mod proto;
+pub mod sources;
+pub mod runtime;
+pub mod client;

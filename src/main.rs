@@ -1,0 +1,23 @@
+//! The `meshlink` binary: parse the command line and hand over to the runtime.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use meshlink::runtime::{
+    self,
+    cli::{Cli, Command},
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            runtime::init_tracing(args.log_format, &args.log_level)?;
+            let server = runtime::serve(args).await?;
+            runtime::wait_for_signal().await;
+            server.shutdown().await;
+            Ok(())
+        }
+        Command::Resolve(args) => meshlink::client::resolve::run(args).await,
+    }
+}

@@ -1,0 +1,20 @@
+//! Domain types of the destination service: what a proxy asks for and what it is told.
+//!
+//! Nothing here knows Kubernetes objects or gRPC messages; the index produces these
+//! types and the gRPC layer translates them to the wire.
+
+pub mod authority;
+pub mod context;
+pub mod locality;
+pub mod endpoint;
+pub mod ports;
+pub mod service;
+pub mod snapshot;
+
+pub use authority::{Authority, AuthorityError, ServiceAuthority};
+pub use context::ContextToken;
+pub use locality::{ClientLocality, ZoneLocality};
+pub use endpoint::{Endpoint, EndpointAddrs, ProtocolHint};
+pub use ports::{PortSet, PortSetError};
+pub use service::{FederatedMember, MirrorInfo, ServiceInfo, ServiceKind, ServiceRef};
+pub use snapshot::{EndpointDiff, EndpointSet, PortSnapshot, diff_endpoints};

@@ -1,0 +1,75 @@
+//! What the index knows about a Service, already interpreted: its kind decides how it resolves.
+
+use std::{net::IpAddr, sync::Arc};
+
+use super::PortSet;
+
+/// A namespaced service name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceRef {
+    /// Builds a reference from namespace and name.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How a service's endpoints are found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// Its own EndpointSlices in this cluster (includes gateway mirrors, whose
+    /// slices point at the gateway).
+    Local,
+    /// `type: ExternalName`: not resolvable by the destination service.
+    ExternalName,
+    /// A pod-to-pod mirror: the endpoints of `service` in the same namespace of `cluster`.
+    RemoteDiscovery {
+        cluster: String,
+        service: Option<String>,
+    },
+    /// The union of several services' endpoints, here and in linked clusters.
+    Federated { members: Vec<FederatedMember> },
+}
+
+/// One member of a federated service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FederatedMember {
+    /// `None` for the local cluster.
+    pub cluster: Option<String>,
+    pub service: String,
+}
+
+/// Where a mirror service came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorInfo {
+    pub cluster: String,
+    /// `<svc>.<ns>.svc.<remote-domain>` of the exported service, when known.
+    pub remote_fqn: Option<String>,
+}
+
+/// A Service as resolution needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub service: ServiceRef,
+    pub kind: ServiceKind,
+    pub headless: bool,
+    /// `internalTrafficPolicy: Local`: only endpoints on the caller's node.
+    pub internal_traffic_local: bool,
+    pub cluster_ips: Vec<IpAddr>,
+    /// The service's `config.linkerd.io/opaque-ports`, for profiles.
+    pub opaque_ports: Option<Arc<PortSet>>,
+    pub mirror: Option<MirrorInfo>,
+}

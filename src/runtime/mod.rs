@@ -1,0 +1,41 @@
+//! Wiring: the command line, the servers and the background tasks.
+
+mod admin;
+pub mod cli;
+mod linked;
+mod serve;
+
+pub use serve::{Server, serve};
+
+use anyhow::Result;
+
+/// Sets up logging in the requested format.
+pub fn init_tracing(format: cli::LogFormat, filter: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("invalid --log-level {filter:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match format {
+        cli::LogFormat::Plain => builder.try_init(),
+        cli::LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("received SIGTERM; shutting down"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("received Ctrl-C; shutting down"),
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,3 @@
+//! Sources turn the outside world into index updates; nothing below them knows which one ran.
+
+pub mod manifests;
