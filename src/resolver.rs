@@ -62,6 +62,7 @@ impl Resolver {
             members: Vec::new(),
             set_labels: Arc::default(),
             started: false,
+            relink: false,
         }
     }
 }
@@ -101,6 +102,8 @@ pub struct EndpointStream {
     members: Vec<Member>,
     set_labels: Arc<BTreeMap<String, String>>,
     started: bool,
+    /// The linked clusters changed since members were last opened.
+    relink: bool,
 }
 
 type ChangedFuture<'a> = Pin<Box<dyn Future<Output = Changed> + Send + 'a>>;
@@ -145,6 +148,7 @@ impl EndpointStream {
                 self.members[i].rx = None;
             }
             Changed::Linked(false) => self.plan.uses_linked = false,
+            Changed::Linked(true) => self.relink = true,
             _ => {}
         }
         Some(())
@@ -157,9 +161,7 @@ impl EndpointStream {
             return Ok(Arc::new(EndpointSet::default()));
         };
         let plan = self.plan_for(&service)?;
-        let linked_changed = self.linked.has_changed().unwrap_or(false);
-        if plan != self.plan || linked_changed {
-            self.linked.borrow_and_update();
+        if plan != self.plan || std::mem::take(&mut self.relink) {
             self.set_labels = Arc::new(set_labels(&service, &plan));
             self.set_plan(plan);
         }
@@ -231,7 +233,7 @@ impl EndpointStream {
     /// Opens the member lookups of `plan`, keeping those it already has.
     fn set_plan(&mut self, plan: Plan) {
         let port = self.authority.port;
-        let linked = self.linked.borrow().clone();
+        let linked = self.linked.borrow_and_update().clone();
         let mut old: Vec<Member> = std::mem::take(&mut self.members);
         self.members = plan
             .members

@@ -2,7 +2,8 @@
 //!
 //! Each cluster is one folder of `*.yaml`/`*.yml` files holding ordinary objects. A file
 //! or object that does not parse is reported and skipped; the objects that file last
-//! held stay. Services with a selector and no EndpointSlice get slices built from
+//! held stay. A folder that cannot be read keeps its last objects; a folder that no
+//! longer exists holds none. Services with a selector and no EndpointSlice get slices built from
 //! their pods, as Kubernetes' EndpointSlice controller would.
 
 mod parse;
@@ -80,6 +81,15 @@ impl ManifestSource {
                 for path in paths {
                     self.read_if_changed(path);
                 }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A folder that is gone holds no objects: the cluster's endpoints leave.
+                let msg = format!("folder {} does not exist", self.dir.display());
+                if self.dir_error.as_ref() != Some(&msg) {
+                    warn!(error = %msg, "serving no objects for this cluster");
+                }
+                self.files.clear();
+                self.dir_error = Some(msg);
             }
             Err(e) => {
                 let msg = format!("cannot read folder {}: {e}", self.dir.display());

@@ -260,7 +260,11 @@ pub fn with_service_account(mut pod: Pod, sa: &str) -> Pod {
 /// Adds a named port to the app container.
 pub fn with_container_port(mut pod: Pod, name: &str, port: u16) -> Pod {
     let spec = pod.spec.get_or_insert_with(Default::default);
-    let app = spec.containers.iter_mut().find(|c| c.name == "app").unwrap();
+    let app = spec
+        .containers
+        .iter_mut()
+        .find(|c| c.name == "app")
+        .unwrap();
     app.ports.get_or_insert_with(Vec::new).push(ContainerPort {
         name: Some(name.into()),
         container_port: port.into(),

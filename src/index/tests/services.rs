@@ -23,7 +23,10 @@ fn ready_endpoints_are_listed_at_the_slice_port() {
         ],
     ));
 
-    let snap = index.endpoints_rx(&svc_ref("shop", "web"), 80).borrow().clone();
+    let snap = index
+        .endpoints_rx(&svc_ref("shop", "web"), 80)
+        .borrow()
+        .clone();
     assert_eq!(
         addrs(&snap),
         [addr("10.0.0.1:8080"), addr("10.0.0.2:8080")],
@@ -43,24 +46,38 @@ fn endpoints_without_a_ready_condition_are_ready() {
     ep.conditions = None;
     index.apply_endpoint_slice(&mk_slice("shop", "web-abc", "web", "http", 8080, vec![ep]));
 
-    let snap = index.endpoints_rx(&svc_ref("shop", "web"), 80).borrow().clone();
+    let snap = index
+        .endpoints_rx(&svc_ref("shop", "web"), 80)
+        .borrow()
+        .clone();
     assert_eq!(addrs(&snap), [addr("10.0.0.1:8080")]);
 }
 
 #[test]
 fn unknown_service_has_no_service() {
     let mut index = mk_web(&[("web-1", "10.0.0.1")]);
-    let snap = index.endpoints_rx(&svc_ref("shop", "nope"), 80).borrow().clone();
+    let snap = index
+        .endpoints_rx(&svc_ref("shop", "nope"), 80)
+        .borrow()
+        .clone();
     assert!(snap.service.is_none());
     assert!(snap.endpoints.is_empty());
-    assert!(index.service_rx(&svc_ref("shop", "nope")).borrow().is_none());
+    assert!(
+        index
+            .service_rx(&svc_ref("shop", "nope"))
+            .borrow()
+            .is_none()
+    );
 }
 
 #[test]
 fn service_without_endpoints_exists_and_is_empty() {
     let mut index = mk_index();
     index.apply_service(&mk_service("shop", "web", &[("http", 80, 8080)]));
-    let snap = index.endpoints_rx(&svc_ref("shop", "web"), 80).borrow().clone();
+    let snap = index
+        .endpoints_rx(&svc_ref("shop", "web"), 80)
+        .borrow()
+        .clone();
     assert!(snap.service.is_some());
     assert!(snap.endpoints.is_empty());
 }
@@ -77,16 +94,25 @@ fn slices_of_another_service_are_not_listed() {
         8080,
         vec![mk_ep("10.0.0.9", "api-1")],
     ));
-    let web = index.endpoints_rx(&svc_ref("shop", "web"), 80).borrow().clone();
+    let web = index
+        .endpoints_rx(&svc_ref("shop", "web"), 80)
+        .borrow()
+        .clone();
     assert_eq!(addrs(&web), [addr("10.0.0.1:8080")]);
-    let api = index.endpoints_rx(&svc_ref("shop", "api"), 80).borrow().clone();
+    let api = index
+        .endpoints_rx(&svc_ref("shop", "api"), 80)
+        .borrow()
+        .clone();
     assert_eq!(addrs(&api), [addr("10.0.0.9:8080")]);
 }
 
 #[test]
 fn same_name_in_another_namespace_is_another_service() {
     let mut index = mk_web(&[("web-1", "10.0.0.1")]);
-    let snap = index.endpoints_rx(&svc_ref("other", "web"), 80).borrow().clone();
+    let snap = index
+        .endpoints_rx(&svc_ref("other", "web"), 80)
+        .borrow()
+        .clone();
     assert!(snap.service.is_none());
     assert!(snap.endpoints.is_empty());
 }
@@ -146,10 +172,20 @@ fn external_name_service() {
     spec.external_name = Some("example.com".into());
     index.apply_service(&svc);
 
-    let info = index.service_rx(&svc_ref("shop", "ext")).borrow().clone().unwrap();
+    let info = index
+        .service_rx(&svc_ref("shop", "ext"))
+        .borrow()
+        .clone()
+        .unwrap();
     assert_eq!(info.kind, ServiceKind::ExternalName);
-    let snap = index.endpoints_rx(&svc_ref("shop", "ext"), 80).borrow().clone();
-    assert_eq!(snap.service.as_ref().unwrap().kind, ServiceKind::ExternalName);
+    let snap = index
+        .endpoints_rx(&svc_ref("shop", "ext"), 80)
+        .borrow()
+        .clone();
+    assert_eq!(
+        snap.service.as_ref().unwrap().kind,
+        ServiceKind::ExternalName
+    );
     assert!(snap.endpoints.is_empty());
 }
 
@@ -161,7 +197,11 @@ fn remote_discovery_labels() {
     set_label(&mut svc.metadata, labels::MC_REMOTE_SERVICE, "foo");
     index.apply_service(&svc);
 
-    let info = index.service_rx(&svc_ref("shop", "foo-west")).borrow().clone().unwrap();
+    let info = index
+        .service_rx(&svc_ref("shop", "foo-west"))
+        .borrow()
+        .clone()
+        .unwrap();
     assert_eq!(
         info.kind,
         ServiceKind::RemoteDiscovery {
@@ -170,7 +210,10 @@ fn remote_discovery_labels() {
         }
     );
     // Its endpoints live in the other cluster: none here, but it exists.
-    let snap = index.endpoints_rx(&svc_ref("shop", "foo-west"), 8080).borrow().clone();
+    let snap = index
+        .endpoints_rx(&svc_ref("shop", "foo-west"), 8080)
+        .borrow()
+        .clone();
     assert!(snap.service.is_some());
     assert!(snap.endpoints.is_empty());
 }
@@ -179,7 +222,11 @@ fn remote_discovery_labels() {
 fn federated_annotations() {
     let mut index = mk_index();
     let mut svc = mk_service("shop", "foo-federated", &[("http", 8080, 8080)]);
-    set_annotation(&mut svc.metadata, labels::MC_REMOTE_DISCOVERY, "foo@east,foo@west");
+    set_annotation(
+        &mut svc.metadata,
+        labels::MC_REMOTE_DISCOVERY,
+        "foo@east,foo@west",
+    );
     set_annotation(&mut svc.metadata, labels::MC_LOCAL_DISCOVERY, "foo");
     index.apply_service(&svc);
 
@@ -212,6 +259,9 @@ fn service_becoming_external_name_loses_its_endpoints() {
     index.apply_service(&svc);
     assert!(rx.has_changed().unwrap());
     let snap = rx.borrow_and_update().clone();
-    assert_eq!(snap.service.as_ref().unwrap().kind, ServiceKind::ExternalName);
+    assert_eq!(
+        snap.service.as_ref().unwrap().kind,
+        ServiceKind::ExternalName
+    );
     assert!(snap.endpoints.is_empty());
 }
