@@ -5,13 +5,13 @@
 //! [`grpc`] (serving), [`runtime`] (wiring and the command line).
 #![forbid(unsafe_code)]
 
-pub mod k8s;
-pub mod model;
-pub mod index;
-pub mod resolver;
-pub mod grpc;
-pub mod metrics;
-pub mod proto;
-pub mod sources;
-pub mod runtime;
 pub mod client;
+pub mod grpc;
+pub mod index;
+pub mod k8s;
+pub mod metrics;
+pub mod model;
+pub mod proto;
+pub mod resolver;
+pub mod runtime;
+pub mod sources;

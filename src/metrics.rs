@@ -84,8 +84,16 @@ impl Metrics {
             cluster_stale: Family::default(),
             secrets_rejected: Family::default(),
         };
-        registry.register("grpc_streams_open", "Open destination streams", m.streams_open.clone());
-        registry.register("grpc_updates_sent", "Messages sent on destination streams", m.updates_sent.clone());
+        registry.register(
+            "grpc_streams_open",
+            "Open destination streams",
+            m.streams_open.clone(),
+        );
+        registry.register(
+            "grpc_updates_sent",
+            "Messages sent on destination streams",
+            m.updates_sent.clone(),
+        );
         registry.register(
             "grpc_stream_send_timeouts",
             "Streams reset because the client stopped reading",
@@ -96,9 +104,21 @@ impl Metrics {
             "Manifest files or objects currently rejected, with the reason",
             m.manifest_invalid.clone(),
         );
-        registry.register("manifest_errors", "Manifest errors seen", m.manifest_errors_total.clone());
-        registry.register("index_objects", "Objects held by each cluster's index", m.index_objects.clone());
-        registry.register("cluster_linked", "Linked clusters (1 while linked)", m.cluster_linked.clone());
+        registry.register(
+            "manifest_errors",
+            "Manifest errors seen",
+            m.manifest_errors_total.clone(),
+        );
+        registry.register(
+            "index_objects",
+            "Objects held by each cluster's index",
+            m.index_objects.clone(),
+        );
+        registry.register(
+            "cluster_linked",
+            "Linked clusters (1 while linked)",
+            m.cluster_linked.clone(),
+        );
         registry.register(
             "cluster_stale",
             "1 while a cluster's source fails and its last known endpoints are served",
@@ -129,7 +149,9 @@ impl Metrics {
             self.observe_cluster(cluster);
         }
         for RejectedSecret { secret, reason } in local.index.lock().rejected_secrets() {
-            self.secrets_rejected.get_or_create(&SecretLabels { secret, reason }).set(1);
+            self.secrets_rejected
+                .get_or_create(&SecretLabels { secret, reason })
+                .set(1);
         }
     }
 

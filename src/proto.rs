@@ -24,4 +24,5 @@ pub mod io {
 pub use io::linkerd::proxy::{destination, meta, net};
 
 /// The encoded descriptor set of every message and service in `proto/`.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("destination_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("destination_descriptor");

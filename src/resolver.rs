@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use crate::{
     index::{ClusterHandle, ClusterIndex, ClusterSet},
     model::{
-        EndpointAddrs, EndpointSet, FederatedMember, PortSnapshot, ServiceAuthority, ServiceInfo, ServiceKind,
-        ServiceRef,
+        EndpointAddrs, EndpointSet, FederatedMember, PortSnapshot, ServiceAuthority, ServiceInfo,
+        ServiceKind, ServiceRef,
     },
 };
 
@@ -27,7 +27,9 @@ use crate::{
 pub enum ResolveError {
     #[error("{service} is an ExternalName service; resolve its external name instead")]
     ExternalName { service: ServiceRef },
-    #[error("{service} is a remote-discovery mirror without the multicluster.linkerd.io/remote-service label")]
+    #[error(
+        "{service} is a remote-discovery mirror without the multicluster.linkerd.io/remote-service label"
+    )]
     MissingRemoteService { service: ServiceRef },
 }
 
@@ -75,7 +77,10 @@ enum Source {
     /// Another service in the local cluster.
     Local(ServiceRef),
     /// A service in a linked cluster.
-    Linked { cluster: String, service: ServiceRef },
+    Linked {
+        cluster: String,
+        service: ServiceRef,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -128,16 +133,26 @@ impl EndpointStream {
     /// Waits until the root, a member or the linked clusters change.
     async fn changed(&mut self) -> Option<()> {
         let Self {
-            root, linked, members, plan, ..
+            root,
+            linked,
+            members,
+            plan,
+            ..
         } = self;
         let mut futures: Vec<ChangedFuture<'_>> = Vec::with_capacity(2 + members.len());
-        futures.push(Box::pin(async { Changed::Root(root.changed().await.is_ok()) }));
+        futures.push(Box::pin(async {
+            Changed::Root(root.changed().await.is_ok())
+        }));
         if plan.uses_linked {
-            futures.push(Box::pin(async { Changed::Linked(linked.changed().await.is_ok()) }));
+            futures.push(Box::pin(async {
+                Changed::Linked(linked.changed().await.is_ok())
+            }));
         }
         for (i, m) in members.iter_mut().enumerate() {
             if let Some(rx) = m.rx.as_mut() {
-                futures.push(Box::pin(async move { Changed::Member(i, rx.changed().await.is_ok()) }));
+                futures.push(Box::pin(async move {
+                    Changed::Member(i, rx.changed().await.is_ok())
+                }));
             }
         }
         let (changed, _, _) = futures::future::select_all(futures).await;
@@ -216,7 +231,10 @@ impl EndpointStream {
             ServiceKind::Local => match (&hostname, &service.mirror) {
                 // A host of a headless mirror resolves to that host's endpoint mirror.
                 (Some(host), Some(mirror)) if service.headless => Plan {
-                    members: vec![Source::Local(ServiceRef::new(ns, format!("{host}-{}", mirror.cluster)))],
+                    members: vec![Source::Local(ServiceRef::new(
+                        ns,
+                        format!("{host}-{}", mirror.cluster),
+                    ))],
                     hostname: None,
                     uses_linked: false,
                 },
@@ -247,13 +265,18 @@ impl EndpointStream {
                     Some(index) => m.index.ptr_eq(&Arc::downgrade(index)),
                     None => m.index.strong_count() == 0,
                 };
-                if let Some(pos) = old.iter().position(|m| &m.source == source && same_index(m)) {
+                if let Some(pos) = old
+                    .iter()
+                    .position(|m| &m.source == source && same_index(m))
+                {
                     return old.swap_remove(pos);
                 }
                 let rx = match (source, index) {
                     (Source::Root, _) | (_, None) => None,
                     (Source::Local(svc), Some(index)) => Some(index.lock().endpoints_rx(svc, port)),
-                    (Source::Linked { service, .. }, Some(index)) => Some(index.lock().endpoints_rx(service, port)),
+                    (Source::Linked { service, .. }, Some(index)) => {
+                        Some(index.lock().endpoints_rx(service, port))
+                    }
                 };
                 Member {
                     source: source.clone(),

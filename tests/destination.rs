@@ -30,10 +30,20 @@ async fn unknown_service_then_service_without_ready_endpoints() {
         ready: false,
         ..Default::default()
     });
-    let srv = TestServer::start(&[("local/web.yaml", &docs(&[service("shop", "web", &[(80, "http", "http")]), unready]))]).await;
+    let srv = TestServer::start(&[(
+        "local/web.yaml",
+        &docs(&[service("shop", "web", &[(80, "http", "http")]), unready]),
+    )])
+    .await;
 
-    let mut missing = srv.get("nope.shop.svc.cluster.local:80").await.expect("Get");
-    assert_eq!(next_msg(&mut missing).await, Msg::NoEndpoints { exists: false });
+    let mut missing = srv
+        .get("nope.shop.svc.cluster.local:80")
+        .await
+        .expect("Get");
+    assert_eq!(
+        next_msg(&mut missing).await,
+        Msg::NoEndpoints { exists: false }
+    );
 
     let mut web = srv.get(WEB).await.expect("Get");
     assert_eq!(next_msg(&mut web).await, Msg::NoEndpoints { exists: true });
@@ -42,20 +52,34 @@ async fn unknown_service_then_service_without_ready_endpoints() {
 
 #[tokio::test]
 async fn scaling_sends_only_the_difference() {
-    let srv = TestServer::start(&[("local/web.yaml", &web_world(&[("web-1", "10.1.0.1"), ("web-2", "10.1.0.2")]))]).await;
+    let srv = TestServer::start(&[(
+        "local/web.yaml",
+        &web_world(&[("web-1", "10.1.0.1"), ("web-2", "10.1.0.2")]),
+    )])
+    .await;
     let mut s = srv.get(WEB).await.expect("Get");
-    assert_eq!(next_msg(&mut s).await.added(), [sa("10.1.0.1:8080"), sa("10.1.0.2:8080")]);
+    assert_eq!(
+        next_msg(&mut s).await.added(),
+        [sa("10.1.0.1:8080"), sa("10.1.0.2:8080")]
+    );
 
     // Scale up: only the new pod is added.
     srv.write(
         "local/web.yaml",
-        &web_world(&[("web-1", "10.1.0.1"), ("web-2", "10.1.0.2"), ("web-3", "10.1.0.3")]),
+        &web_world(&[
+            ("web-1", "10.1.0.1"),
+            ("web-2", "10.1.0.2"),
+            ("web-3", "10.1.0.3"),
+        ]),
     );
     assert_eq!(next_msg(&mut s).await.added(), [sa("10.1.0.3:8080")]);
 
     // Scale down: only the gone pods are removed.
     srv.write("local/web.yaml", &web_world(&[("web-3", "10.1.0.3")]));
-    assert_eq!(next_msg(&mut s).await.removed(), [sa("10.1.0.1:8080"), sa("10.1.0.2:8080")]);
+    assert_eq!(
+        next_msg(&mut s).await.removed(),
+        [sa("10.1.0.1:8080"), sa("10.1.0.2:8080")]
+    );
     assert_quiet(&mut s, Duration::from_millis(300)).await;
 
     // The last pod changes service account: it is re-sent whole with the new identity.
@@ -65,7 +89,10 @@ async fn scaling_sends_only_the_difference() {
         service_account: "web-v2",
         ..Default::default()
     });
-    srv.write("local/web.yaml", &docs(&[service("shop", "web", &[(80, "http", "http")]), moved]));
+    srv.write(
+        "local/web.yaml",
+        &docs(&[service("shop", "web", &[(80, "http", "http")]), moved]),
+    );
     let msg = next_msg(&mut s).await;
     assert_eq!(msg.added(), [sa("10.1.0.3:8080")]);
     assert_eq!(
@@ -89,9 +116,16 @@ async fn named_target_port_resolves_per_pod() {
         ports: &[("http", 9090)],
         ..Default::default()
     });
-    let srv = TestServer::start(&[("local/web.yaml", &docs(&[service("shop", "web", &[(80, "http", "http")]), a, b]))]).await;
+    let srv = TestServer::start(&[(
+        "local/web.yaml",
+        &docs(&[service("shop", "web", &[(80, "http", "http")]), a, b]),
+    )])
+    .await;
     let mut s = srv.get(WEB).await.expect("Get");
-    assert_eq!(next_msg(&mut s).await.added(), [sa("10.1.0.1:8080"), sa("10.1.0.2:9090")]);
+    assert_eq!(
+        next_msg(&mut s).await.added(),
+        [sa("10.1.0.1:8080"), sa("10.1.0.2:9090")]
+    );
     srv.stop().await;
 }
 
@@ -117,7 +151,12 @@ async fn identities_and_hints_follow_the_mesh() {
     });
     let srv = TestServer::start(&[(
         "local/web.yaml",
-        &docs(&[service("shop", "web", &[(80, "http", "http")]), meshed, plain, skipped]),
+        &docs(&[
+            service("shop", "web", &[(80, "http", "http")]),
+            meshed,
+            plain,
+            skipped,
+        ]),
     )])
     .await;
     let mut s = srv.get(WEB).await.expect("Get");
@@ -130,8 +169,14 @@ async fn identities_and_hints_follow_the_mesh() {
     assert_eq!(server_name(m).as_deref(), Some(id));
     assert_eq!(hint(m), Some("h2"));
     assert_eq!(m.weight, 10_000);
-    assert_eq!(m.metric_labels.get("pod").map(String::as_str), Some("meshed"));
-    assert_eq!(m.metric_labels.get("serviceaccount").map(String::as_str), Some("web-sa"));
+    assert_eq!(
+        m.metric_labels.get("pod").map(String::as_str),
+        Some("meshed")
+    );
+    assert_eq!(
+        m.metric_labels.get("serviceaccount").map(String::as_str),
+        Some("web-sa")
+    );
 
     for addr in ["10.1.0.2:8080", "10.1.0.3:8080"] {
         let e = find(set, addr);
@@ -164,7 +209,10 @@ async fn opaque_ports_by_number_range_and_name() {
         ]),
     )])
     .await;
-    let mut s = srv.get("db.shop.svc.cluster.local:7000").await.expect("Get");
+    let mut s = srv
+        .get("db.shop.svc.cluster.local:7000")
+        .await
+        .expect("Get");
     let msg = next_msg(&mut s).await;
     for addr in ["10.1.0.1:7000", "10.1.0.2:7000", "10.1.0.3:7000"] {
         let e = find(msg.add_set(), addr);
@@ -186,8 +234,15 @@ async fn default_opaque_ports_apply_without_annotation() {
         ports: &[("pg", 5432)],
         ..Default::default()
     });
-    let srv = TestServer::start(&[("local/pg.yaml", &docs(&[service("shop", "pg", &[(5432, "5432", "pg")]), pg]))]).await;
-    let mut s = srv.get("pg.shop.svc.cluster.local:5432").await.expect("Get");
+    let srv = TestServer::start(&[(
+        "local/pg.yaml",
+        &docs(&[service("shop", "pg", &[(5432, "5432", "pg")]), pg]),
+    )])
+    .await;
+    let mut s = srv
+        .get("pg.shop.svc.cluster.local:5432")
+        .await
+        .expect("Get");
     let msg = next_msg(&mut s).await;
     assert_eq!(hint(&msg.add_set()[0]), Some("opaque"));
     srv.stop().await;
@@ -213,10 +268,19 @@ async fn hostname_of_a_headless_service_is_only_that_pod() {
         ..Default::default()
     });
     let srv = TestServer::start(&[("local/db.yaml", &docs(&[headless, p0, p1]))]).await;
-    let mut s = srv.get("db-0.db.shop.svc.cluster.local:5432").await.expect("Get");
+    let mut s = srv
+        .get("db-0.db.shop.svc.cluster.local:5432")
+        .await
+        .expect("Get");
     assert_eq!(next_msg(&mut s).await.added(), [sa("10.1.0.10:5432")]);
-    let mut all = srv.get("db.shop.svc.cluster.local:5432").await.expect("Get");
-    assert_eq!(next_msg(&mut all).await.added(), [sa("10.1.0.10:5432"), sa("10.1.0.11:5432")]);
+    let mut all = srv
+        .get("db.shop.svc.cluster.local:5432")
+        .await
+        .expect("Get");
+    assert_eq!(
+        next_msg(&mut all).await.added(),
+        [sa("10.1.0.10:5432"), sa("10.1.0.11:5432")]
+    );
     srv.stop().await;
 }
 
@@ -234,16 +298,29 @@ async fn dual_stack_pods_are_served_by_ipv6() {
         ips: &["10.1.0.21"],
         ..Default::default()
     });
-    let svc = service_with("shop", "api", &[(80, "http", "http")], "  ipFamilyPolicy: RequireDualStack\n");
+    let svc = service_with(
+        "shop",
+        "api",
+        &[(80, "http", "http")],
+        "  ipFamilyPolicy: RequireDualStack\n",
+    );
     let srv = TestServer::start(&[("local/api.yaml", &docs(&[svc, dual, v4_only]))]).await;
     let mut s = srv.get("api.shop.svc.cluster.local:80").await.expect("Get");
-    assert_eq!(next_msg(&mut s).await.added(), [sa("10.1.0.21:8080"), sa("[fd00:1::20]:8080")]);
+    assert_eq!(
+        next_msg(&mut s).await.added(),
+        [sa("10.1.0.21:8080"), sa("[fd00:1::20]:8080")]
+    );
     srv.stop().await;
 }
 
 #[tokio::test]
 async fn internal_traffic_policy_local_keeps_the_callers_node() {
-    let svc = service_with("shop", "web", &[(80, "http", "http")], "  internalTrafficPolicy: Local\n");
+    let svc = service_with(
+        "shop",
+        "web",
+        &[(80, "http", "http")],
+        "  internalTrafficPolicy: Local\n",
+    );
     let a = pod(&PodOpts {
         name: "web-1",
         ips: &["10.1.0.1"],
@@ -301,16 +378,31 @@ async fn topology_hints_keep_the_callers_zone() {
     let srv = TestServer::start(&[("local/zonal.yaml", &world)]).await;
     let authority = "zonal.shop.svc.cluster.local:80";
 
-    let mut in_a = srv.get_with_token(authority, r#"{"nodeName":"node-a"}"#).await.expect("Get");
+    let mut in_a = srv
+        .get_with_token(authority, r#"{"nodeName":"node-a"}"#)
+        .await
+        .expect("Get");
     let msg = next_msg(&mut in_a).await;
     assert_eq!(msg.added(), [sa("10.1.0.1:8080")]);
     let e = &msg.add_set()[0];
-    assert_eq!(e.metric_labels.get("zone").map(String::as_str), Some("zone-a"));
-    assert_eq!(e.metric_labels.get("zone_locality").map(String::as_str), Some("local"));
+    assert_eq!(
+        e.metric_labels.get("zone").map(String::as_str),
+        Some("zone-a")
+    );
+    assert_eq!(
+        e.metric_labels.get("zone_locality").map(String::as_str),
+        Some("local")
+    );
 
     // No endpoint is hinted for zone-c: all of them.
-    let mut in_c = srv.get_with_token(authority, r#"{"nodeName":"node-c"}"#).await.expect("Get");
-    assert_eq!(next_msg(&mut in_c).await.added(), [sa("10.1.0.1:8080"), sa("10.1.0.2:8080")]);
+    let mut in_c = srv
+        .get_with_token(authority, r#"{"nodeName":"node-c"}"#)
+        .await
+        .expect("Get");
+    assert_eq!(
+        next_msg(&mut in_c).await.added(),
+        [sa("10.1.0.1:8080"), sa("10.1.0.2:8080")]
+    );
     srv.stop().await;
 }
 
@@ -321,7 +413,11 @@ kind: Service
 metadata: {name: ext, namespace: shop}
 spec: {type: ExternalName, externalName: example.com}
 ";
-    let srv = TestServer::start(&[("local/web.yaml", &web_world(&[("web-1", "10.1.0.1")])), ("local/ext.yaml", external)]).await;
+    let srv = TestServer::start(&[
+        ("local/web.yaml", &web_world(&[("web-1", "10.1.0.1")])),
+        ("local/ext.yaml", external),
+    ])
+    .await;
     for (path, needle) in [
         ("10.1.0.1:8080", "IP"),
         ("not a name", "not a service name"),
@@ -331,7 +427,10 @@ spec: {type: ExternalName, externalName: example.com}
     ] {
         let (code, message) = expect_error(srv.get(path).await);
         assert_eq!(code, Code::InvalidArgument, "{path}: {message}");
-        assert!(message.contains(needle), "{path}: {message:?} should mention {needle:?}");
+        assert!(
+            message.contains(needle),
+            "{path}: {message:?} should mention {needle:?}"
+        );
     }
     // A garbage context token is served as if empty.
     let mut s = srv.get_with_token(WEB, "{{{garbage").await.expect("Get");

@@ -87,10 +87,22 @@ const FOO_FED: &str = "foo-federated.ns.svc.cluster.local:8080";
 
 async fn linked_world() -> TestServer {
     TestServer::start(&[
-        ("local/links.yaml", &docs(&[credentials("west", "west.example"), credentials("east", "east.example")])),
-        ("local/mirrors.yaml", &docs(&[remote_mirror("west"), remote_mirror("east")])),
+        (
+            "local/links.yaml",
+            &docs(&[
+                credentials("west", "west.example"),
+                credentials("east", "east.example"),
+            ]),
+        ),
+        (
+            "local/mirrors.yaml",
+            &docs(&[remote_mirror("west"), remote_mirror("east")]),
+        ),
         ("local/foo.yaml", &foo(&["10.1.0.1"])),
-        ("local/federated.yaml", &federated("foo@west,foo@east", Some("foo"))),
+        (
+            "local/federated.yaml",
+            &federated("foo@west,foo@east", Some("foo")),
+        ),
         ("west/foo.yaml", &foo(&["10.2.0.1", "10.2.0.2"])),
         ("east/foo.yaml", &foo(&["10.3.0.1"])),
     ])
@@ -112,7 +124,10 @@ async fn remote_discovery_streams_the_linked_clusters_pods() {
         );
         assert_eq!(hint(a), Some("h2"));
     }
-    assert_eq!(labels.get("target_cluster").map(String::as_str), Some("west"));
+    assert_eq!(
+        labels.get("target_cluster").map(String::as_str),
+        Some("west")
+    );
     srv.stop().await;
 }
 
@@ -121,17 +136,35 @@ async fn unlinking_and_relinking_a_cluster() {
     let srv = linked_world().await;
     let mut s = srv.get(FOO_WEST).await.expect("Get");
     assert_eq!(next_msg(&mut s).await.added().len(), 2);
-    let mut east = srv.get("foo-east.ns.svc.cluster.local:8080").await.expect("Get");
+    let mut east = srv
+        .get("foo-east.ns.svc.cluster.local:8080")
+        .await
+        .expect("Get");
     assert_eq!(next_msg(&mut east).await.added(), [sa("10.3.0.1:8080")]);
 
     srv.write("local/links.yaml", &credentials("east", "east.example"));
-    assert_eq!(next_msg(&mut s).await.removed(), [sa("10.2.0.1:8080"), sa("10.2.0.2:8080")]);
+    assert_eq!(
+        next_msg(&mut s).await.removed(),
+        [sa("10.2.0.1:8080"), sa("10.2.0.2:8080")]
+    );
     assert_quiet(&mut east, Duration::from_millis(300)).await;
     let metrics = srv.metrics().await;
-    assert!(!metrics.contains(r#"meshlink_cluster_linked{cluster="west"}"#), "{metrics}");
+    assert!(
+        !metrics.contains(r#"meshlink_cluster_linked{cluster="west"}"#),
+        "{metrics}"
+    );
 
-    srv.write("local/links.yaml", &docs(&[credentials("west", "west.example"), credentials("east", "east.example")]));
-    assert_eq!(next_msg(&mut s).await.added(), [sa("10.2.0.1:8080"), sa("10.2.0.2:8080")]);
+    srv.write(
+        "local/links.yaml",
+        &docs(&[
+            credentials("west", "west.example"),
+            credentials("east", "east.example"),
+        ]),
+    );
+    assert_eq!(
+        next_msg(&mut s).await.added(),
+        [sa("10.2.0.1:8080"), sa("10.2.0.2:8080")]
+    );
     srv.stop().await;
 }
 
@@ -151,8 +184,13 @@ async fn a_cluster_linked_later_fills_an_open_stream() {
 
 #[tokio::test]
 async fn remote_mirror_without_remote_service_is_failed_precondition() {
-    let broken = remote_mirror("west").replace("    multicluster.linkerd.io/remote-service: foo\n", "");
-    let srv = TestServer::start(&[("local/links.yaml", &credentials("west", "west.example")), ("local/m.yaml", &broken)]).await;
+    let broken =
+        remote_mirror("west").replace("    multicluster.linkerd.io/remote-service: foo\n", "");
+    let srv = TestServer::start(&[
+        ("local/links.yaml", &credentials("west", "west.example")),
+        ("local/m.yaml", &broken),
+    ])
+    .await;
     let (code, message) = expect_error(srv.get(FOO_WEST).await);
     assert_eq!(code, Code::FailedPrecondition);
     assert!(message.contains("remote-service"), "{message}");
@@ -166,14 +204,22 @@ async fn federated_service_is_the_union_of_its_members() {
     let msg = next_msg(&mut s).await;
     assert_eq!(
         msg.added(),
-        [sa("10.1.0.1:8080"), sa("10.2.0.1:8080"), sa("10.2.0.2:8080"), sa("10.3.0.1:8080")]
+        [
+            sa("10.1.0.1:8080"),
+            sa("10.2.0.1:8080"),
+            sa("10.2.0.2:8080"),
+            sa("10.3.0.1:8080")
+        ]
     );
     let east = find(msg.add_set(), "10.3.0.1:8080");
     assert_eq!(
         identity(east).as_deref(),
         Some("foo.ns.serviceaccount.identity.linkerd.east.example")
     );
-    assert_eq!(east.metric_labels.get("target_cluster").map(String::as_str), Some("east"));
+    assert_eq!(
+        east.metric_labels.get("target_cluster").map(String::as_str),
+        Some("east")
+    );
 
     // A member leaves the annotation: only its addresses go.
     srv.write("local/federated.yaml", &federated("foo@west", Some("foo")));
@@ -185,15 +231,27 @@ async fn federated_service_is_the_union_of_its_members() {
 #[tokio::test]
 async fn an_address_in_two_members_goes_only_with_the_last() {
     let srv = TestServer::start(&[
-        ("local/links.yaml", &docs(&[credentials("west", "west.example"), credentials("east", "east.example")])),
-        ("local/federated.yaml", &federated("foo@west,foo@east", None)),
+        (
+            "local/links.yaml",
+            &docs(&[
+                credentials("west", "west.example"),
+                credentials("east", "east.example"),
+            ]),
+        ),
+        (
+            "local/federated.yaml",
+            &federated("foo@west,foo@east", None),
+        ),
         // Flat network: the same pod IP shows up in both clusters.
         ("west/foo.yaml", &foo(&["10.9.0.1", "10.2.0.1"])),
         ("east/foo.yaml", &foo(&["10.9.0.1"])),
     ])
     .await;
     let mut s = srv.get(FOO_FED).await.expect("Get");
-    assert_eq!(next_msg(&mut s).await.added(), [sa("10.2.0.1:8080"), sa("10.9.0.1:8080")]);
+    assert_eq!(
+        next_msg(&mut s).await.added(),
+        [sa("10.2.0.1:8080"), sa("10.9.0.1:8080")]
+    );
 
     // East (first by name) served 10.9.0.1; when it goes, west's endpoint takes over and
     // is re-sent with west's identity, but the address is not removed.
@@ -251,12 +309,23 @@ endpoints:
         Some("linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.west.example")
     );
     assert_eq!(
-        gw.authority_override.as_ref().map(|o| o.authority_override.as_str()),
+        gw.authority_override
+            .as_ref()
+            .map(|o| o.authority_override.as_str()),
         Some("foo.ns.svc.cluster.local:8080")
     );
-    assert_eq!(labels.get("target_cluster").map(String::as_str), Some("west"));
-    assert_eq!(labels.get("target_service").map(String::as_str), Some("foo"));
-    assert_eq!(labels.get("target_service_namespace").map(String::as_str), Some("ns"));
+    assert_eq!(
+        labels.get("target_cluster").map(String::as_str),
+        Some("west")
+    );
+    assert_eq!(
+        labels.get("target_service").map(String::as_str),
+        Some("foo")
+    );
+    assert_eq!(
+        labels.get("target_service_namespace").map(String::as_str),
+        Some("ns")
+    );
     srv.stop().await;
 }
 
@@ -299,11 +368,17 @@ endpoints:
 - addresses: [\"172.20.0.1\"]
 ";
     let srv = TestServer::start(&[("local/db.yaml", mirrors)]).await;
-    let mut s = srv.get("web-0.db-west.ns.svc.cluster.local:5432").await.expect("Get");
+    let mut s = srv
+        .get("web-0.db-west.ns.svc.cluster.local:5432")
+        .await
+        .expect("Get");
     let msg = next_msg(&mut s).await;
     assert_eq!(msg.added(), [sa("172.20.0.1:4143")]);
     assert_eq!(
-        msg.add_set()[0].authority_override.as_ref().map(|o| o.authority_override.as_str()),
+        msg.add_set()[0]
+            .authority_override
+            .as_ref()
+            .map(|o| o.authority_override.as_str()),
         Some("web-0.db.ns.svc.cluster.local:5432")
     );
     srv.stop().await;
@@ -314,7 +389,10 @@ async fn a_broken_cluster_keeps_its_last_endpoints_and_spares_the_others() {
     let srv = linked_world().await;
     let mut west = srv.get(FOO_WEST).await.expect("Get");
     assert_eq!(next_msg(&mut west).await.added().len(), 2);
-    let mut east = srv.get("foo-east.ns.svc.cluster.local:8080").await.expect("Get");
+    let mut east = srv
+        .get("foo-east.ns.svc.cluster.local:8080")
+        .await
+        .expect("Get");
     assert_eq!(next_msg(&mut east).await.added(), [sa("10.3.0.1:8080")]);
     let mut fed = srv.get(FOO_FED).await.expect("Get");
     assert_eq!(next_msg(&mut fed).await.added().len(), 4);
@@ -323,8 +401,14 @@ async fn a_broken_cluster_keeps_its_last_endpoints_and_spares_the_others() {
     srv.write("west/foo.yaml", "kind: [this is not yaml");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let metrics = srv.metrics().await;
-    assert!(metrics.contains(r#"meshlink_cluster_stale{cluster="west"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"meshlink_cluster_stale{cluster="east"} 0"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"meshlink_cluster_stale{cluster="west"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"meshlink_cluster_stale{cluster="east"} 0"#),
+        "{metrics}"
+    );
     assert_quiet(&mut west, Duration::from_millis(200)).await;
 
     // East keeps flowing.
@@ -340,7 +424,10 @@ async fn a_broken_cluster_keeps_its_last_endpoints_and_spares_the_others() {
     assert_eq!(second.added(), [sa("10.2.0.3:8080")]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let metrics = srv.metrics().await;
-    assert!(metrics.contains(r#"meshlink_cluster_stale{cluster="west"} 0"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"meshlink_cluster_stale{cluster="west"} 0"#),
+        "{metrics}"
+    );
     srv.stop().await;
 }
 
@@ -349,35 +436,58 @@ async fn a_cluster_folder_that_is_gone_takes_only_its_endpoints() {
     let srv = linked_world().await;
     let mut fed = srv.get(FOO_FED).await.expect("Get");
     assert_eq!(next_msg(&mut fed).await.added().len(), 4);
-    let mut east = srv.get("foo-east.ns.svc.cluster.local:8080").await.expect("Get");
+    let mut east = srv
+        .get("foo-east.ns.svc.cluster.local:8080")
+        .await
+        .expect("Get");
     assert_eq!(next_msg(&mut east).await.added(), [sa("10.3.0.1:8080")]);
     srv.remove("west");
-    assert_eq!(next_msg(&mut fed).await.removed(), [sa("10.2.0.1:8080"), sa("10.2.0.2:8080")]);
+    assert_eq!(
+        next_msg(&mut fed).await.removed(),
+        [sa("10.2.0.1:8080"), sa("10.2.0.2:8080")]
+    );
     assert_quiet(&mut east, Duration::from_millis(200)).await;
     let metrics = srv.metrics().await;
-    assert!(metrics.contains(r#"meshlink_cluster_stale{cluster="west"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"meshlink_cluster_stale{cluster="west"} 1"#),
+        "{metrics}"
+    );
     srv.stop().await;
 }
 
 #[tokio::test]
 async fn a_secret_without_trust_domain_is_ignored_and_reported() {
-    let bad = credentials("west", "west.example").replace("    multicluster.linkerd.io/trust-domain: west.example\n", "");
+    let bad = credentials("west", "west.example").replace(
+        "    multicluster.linkerd.io/trust-domain: west.example\n",
+        "",
+    );
     let srv = TestServer::start(&[
-        ("local/links.yaml", &docs(&[bad, credentials("east", "east.example")])),
-        ("local/mirrors.yaml", &docs(&[remote_mirror("west"), remote_mirror("east")])),
+        (
+            "local/links.yaml",
+            &docs(&[bad, credentials("east", "east.example")]),
+        ),
+        (
+            "local/mirrors.yaml",
+            &docs(&[remote_mirror("west"), remote_mirror("east")]),
+        ),
         ("west/foo.yaml", &foo(&["10.2.0.1"])),
         ("east/foo.yaml", &foo(&["10.3.0.1"])),
     ])
     .await;
     let mut west = srv.get(FOO_WEST).await.expect("Get");
     assert_eq!(next_msg(&mut west).await, Msg::NoEndpoints { exists: true });
-    let mut east = srv.get("foo-east.ns.svc.cluster.local:8080").await.expect("Get");
+    let mut east = srv
+        .get("foo-east.ns.svc.cluster.local:8080")
+        .await
+        .expect("Get");
     assert_eq!(next_msg(&mut east).await.added(), [sa("10.3.0.1:8080")]);
     let metrics = srv.metrics().await;
     assert!(
-        metrics.lines().any(|l| l.starts_with("meshlink_credentials_secret_rejected{")
-            && l.contains("linkerd/cluster-credentials-west")
-            && l.contains("multicluster.linkerd.io/trust-domain")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("meshlink_credentials_secret_rejected{")
+                && l.contains("linkerd/cluster-credentials-west")
+                && l.contains("multicluster.linkerd.io/trust-domain")),
         "{metrics}"
     );
     srv.stop().await;

@@ -12,7 +12,7 @@ kind: Service
 metadata:
   name: web
   namespace: shop
-  annotations: {config.linkerd.io/opaque-ports: \"9000\"}
+  annotations: {config.linkerd.io/opaque-ports: \"raw\"}
 spec:
   selector: {app: web}
   clusterIP: 10.96.0.10
@@ -31,18 +31,41 @@ async fn profile_of_a_service_by_name_and_by_cluster_ip() {
     for authority in ["web.shop.svc.cluster.local:80", "10.96.0.10:80"] {
         let mut s = srv.get_profile(authority).await;
         let p = next(&mut s).await;
-        assert_eq!(p.fully_qualified_name, "web.shop.svc.cluster.local", "{authority}");
+        assert_eq!(
+            p.fully_qualified_name, "web.shop.svc.cluster.local",
+            "{authority}"
+        );
         assert!(!p.opaque_protocol, "{authority}");
         let budget = p.retry_budget.expect("retry budget");
         assert_eq!(budget.retry_ratio, 0.2);
         assert_eq!(budget.min_retries_per_second, 10);
         assert_eq!(budget.ttl.map(|t| t.seconds), Some(10));
         let parent = format!("{:?}", p.parent_ref.expect("parent_ref"));
-        assert!(parent.contains("\"Service\"") && parent.contains("\"web\"") && parent.contains("\"shop\""), "{parent}");
+        assert!(
+            parent.contains("\"Service\"")
+                && parent.contains("\"web\"")
+                && parent.contains("\"shop\""),
+            "{parent}"
+        );
     }
-    // The service's own opaque-ports annotation.
+    // The service's own opaque-ports annotation, naming a service port.
     let mut s = srv.get_profile("web.shop.svc.cluster.local:9000").await;
     assert!(next(&mut s).await.opaque_protocol);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn profile_of_an_unannotated_service_uses_the_default_opaque_ports() {
+    let pg = service(
+        "shop",
+        "pg",
+        &[(5432, "5432", "pg"), (8080, "8080", "http")],
+    );
+    let srv = TestServer::start(&[("local/pg.yaml", &pg)]).await;
+    let mut s = srv.get_profile("pg.shop.svc.cluster.local:5432").await;
+    assert!(next(&mut s).await.opaque_protocol);
+    let mut s = srv.get_profile("pg.shop.svc.cluster.local:8080").await;
+    assert!(!next(&mut s).await.opaque_protocol);
     srv.stop().await;
 }
 
@@ -58,7 +81,10 @@ async fn profile_of_a_pod_ip_and_of_unknown_ips() {
         Some("web.shop.serviceaccount.identity.linkerd.cluster.local")
     );
     assert_eq!(hint(&endpoint), Some("h2"));
-    assert_eq!(endpoint.metric_labels.get("namespace").map(String::as_str), Some("shop"));
+    assert_eq!(
+        endpoint.metric_labels.get("namespace").map(String::as_str),
+        Some("shop")
+    );
 
     let mut mysql = srv.get_profile("192.0.2.1:3306").await;
     let p = next(&mut mysql).await;
@@ -68,7 +94,10 @@ async fn profile_of_a_pod_ip_and_of_unknown_ips() {
     assert!(!next(&mut http).await.opaque_protocol);
 
     // The pod goes away: the profile of its IP updates to a default one.
-    srv.write("local/web.yaml", &service("shop", "web", &[(80, "http", "http")]));
+    srv.write(
+        "local/web.yaml",
+        &service("shop", "web", &[(80, "http", "http")]),
+    );
     let p = next(&mut s).await;
     assert!(p.endpoint.is_none(), "{p:?}");
     srv.stop().await;
@@ -86,11 +115,17 @@ async fn health_reflection_and_admin() {
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     for service in ["", "io.linkerd.proxy.destination.Destination"] {
         let resp = health
-            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .expect("health check")
             .into_inner();
-        assert_eq!(resp.status(), tonic_health::pb::health_check_response::ServingStatus::Serving, "{service:?}");
+        assert_eq!(
+            resp.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service:?}"
+        );
     }
 
     use tonic_reflection::pb::v1::{
@@ -107,11 +142,21 @@ async fn health_reflection_and_admin() {
         .await
         .expect("reflection")
         .into_inner();
-    let listed = match resp.message().await.expect("reflection answer").and_then(|r| r.message_response) {
-        Some(MessageResponse::ListServicesResponse(l)) => l.service.into_iter().map(|s| s.name).collect::<Vec<_>>(),
+    let listed = match resp
+        .message()
+        .await
+        .expect("reflection answer")
+        .and_then(|r| r.message_response)
+    {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }
         other => panic!("unexpected reflection answer {other:?}"),
     };
-    for want in ["io.linkerd.proxy.destination.Destination", "grpc.health.v1.Health"] {
+    for want in [
+        "io.linkerd.proxy.destination.Destination",
+        "grpc.health.v1.Health",
+    ] {
         assert!(listed.iter().any(|s| s == want), "{want} not in {listed:?}");
     }
 
@@ -121,10 +166,22 @@ async fn health_reflection_and_admin() {
     let mut stream = srv.get("web.shop.svc.cluster.local:80").await.expect("Get");
     next_msg(&mut stream).await;
     let metrics = srv.metrics().await;
-    assert!(metrics.contains(r#"meshlink_grpc_streams_open{rpc="Get"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"meshlink_grpc_updates_sent_total{rpc="Get",kind="add"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"meshlink_index_objects{cluster="local",kind="pod"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"meshlink_index_objects{cluster="local",kind="service"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"meshlink_grpc_streams_open{rpc="Get"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"meshlink_grpc_updates_sent_total{rpc="Get",kind="add"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"meshlink_index_objects{cluster="local",kind="pod"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"meshlink_index_objects{cluster="local",kind="service"} 1"#),
+        "{metrics}"
+    );
     srv.stop().await;
 }
 
@@ -139,7 +196,11 @@ async fn malformed_manifests_are_reported_and_skipped() {
     assert_eq!(next_msg(&mut s).await.added(), [sa("10.1.0.1:8080")]);
     let metrics = srv.metrics().await;
     assert!(
-        metrics.lines().any(|l| l.starts_with("meshlink_manifest_invalid{") && l.contains("broken.yaml") && l.contains("invalid Service")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("meshlink_manifest_invalid{")
+                && l.contains("broken.yaml")
+                && l.contains("invalid Service")),
         "{metrics}"
     );
 
@@ -149,19 +210,32 @@ async fn malformed_manifests_are_reported_and_skipped() {
         ips: &["10.1.0.2"],
         ..Default::default()
     });
-    srv.write("local/web.yaml", &format!("{}---\n{second}---\nkind: [oops\n", web_files()));
+    srv.write(
+        "local/web.yaml",
+        &format!("{}---\n{second}---\nkind: [oops\n", web_files()),
+    );
     assert_eq!(next_msg(&mut s).await.added(), [sa("10.1.0.2:8080")]);
     srv.write("local/web.yaml", "this: is: not: yaml: [");
     assert_quiet(&mut s, Duration::from_millis(400)).await;
     let metrics = srv.metrics().await;
-    assert!(metrics.lines().any(|l| l.starts_with("meshlink_manifest_invalid{") && l.contains("web.yaml")), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("meshlink_manifest_invalid{") && l.contains("web.yaml")),
+        "{metrics}"
+    );
 
     // Fix both: errors clear, and the stream converges to the file's content.
     srv.write("local/web.yaml", &web_files());
     srv.remove("local/broken.yaml");
     assert_eq!(next_msg(&mut s).await.removed(), [sa("10.1.0.2:8080")]);
     let metrics = srv.metrics().await;
-    assert!(!metrics.lines().any(|l| l.starts_with("meshlink_manifest_invalid{")), "{metrics}");
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("meshlink_manifest_invalid{")),
+        "{metrics}"
+    );
     srv.stop().await;
 }
 
@@ -173,9 +247,13 @@ async fn shutdown_ends_open_streams() {
     let mut p = srv.get_profile("web.shop.svc.cluster.local:80").await;
     next(&mut p).await;
     let stop = tokio::spawn(srv.stop());
-    let ended = tokio::time::timeout(WAIT, s.message()).await.expect("Get stream ends on shutdown");
+    let ended = tokio::time::timeout(WAIT, s.message())
+        .await
+        .expect("Get stream ends on shutdown");
     assert!(matches!(ended, Ok(None) | Err(_)), "{ended:?}");
-    let ended = tokio::time::timeout(WAIT, p.message()).await.expect("GetProfile stream ends on shutdown");
+    let ended = tokio::time::timeout(WAIT, p.message())
+        .await
+        .expect("GetProfile stream ends on shutdown");
     assert!(matches!(ended, Ok(None) | Err(_)), "{ended:?}");
     stop.await.expect("shutdown completes");
 }
@@ -191,14 +269,21 @@ async fn sigterm_stops_the_binary() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlink"))
         .args(["serve", "--manifests"])
         .arg(dir.path())
-        .args(["--grpc-addr", &format!("127.0.0.1:{port}"), "--admin-addr", &format!("127.0.0.1:{admin}")])
+        .args([
+            "--grpc-addr",
+            &format!("127.0.0.1:{port}"),
+            "--admin-addr",
+            &format!("127.0.0.1:{admin}"),
+        ])
         .kill_on_drop(true)
         .spawn()
         .expect("spawn meshlink");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
     let mut ready = false;
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() && http_get(addr, "/ready").await.0 == 200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && http_get(addr, "/ready").await.0 == 200
+        {
             ready = true;
             break;
         }
@@ -210,7 +295,8 @@ async fn sigterm_stops_the_binary() {
         .connect()
         .await
         .expect("connect");
-    let mut client = linkerd2_proxy_api::destination::destination_client::DestinationClient::new(channel);
+    let mut client =
+        linkerd2_proxy_api::destination::destination_client::DestinationClient::new(channel);
     let mut s = client
         .get(linkerd2_proxy_api::destination::GetDestination {
             scheme: "k8s".into(),
@@ -223,14 +309,19 @@ async fn sigterm_stops_the_binary() {
     next(&mut s).await;
 
     let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(status.success());
     let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("meshlink exits after SIGTERM")
         .expect("wait");
     assert!(exit.success(), "{exit:?}");
-    let ended = tokio::time::timeout(WAIT, s.message()).await.expect("stream ends");
+    let ended = tokio::time::timeout(WAIT, s.message())
+        .await
+        .expect("stream ends");
     assert!(matches!(ended, Ok(None) | Err(_)), "{ended:?}");
 }
 

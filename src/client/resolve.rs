@@ -11,7 +11,9 @@ use serde_json::json;
 
 use crate::{
     proto::{
-        destination::{self as pb, destination_client::DestinationClient, protocol_hint, tls_identity, update},
+        destination::{
+            self as pb, destination_client::DestinationClient, protocol_hint, tls_identity, update,
+        },
         net,
     },
     runtime::cli::{OutputFormat, ResolveArgs},
@@ -34,16 +36,26 @@ pub async fn run(args: ResolveArgs) -> Result<()> {
     };
     let limit = args.count.unwrap_or(usize::MAX);
     if args.profile {
-        let mut stream = client.get_profile(request).await.map_err(status_error)?.into_inner();
+        let mut stream = client
+            .get_profile(request)
+            .await
+            .map_err(status_error)?
+            .into_inner();
         let mut n = 0;
         while n < limit {
-            let Some(profile) = stream.message().await.map_err(status_error)? else { break };
+            let Some(profile) = stream.message().await.map_err(status_error)? else {
+                break;
+            };
             n += 1;
             print_profile(&args, n, &profile)?;
         }
         return Ok(());
     }
-    let mut stream = client.get(request).await.map_err(status_error)?.into_inner();
+    let mut stream = client
+        .get(request)
+        .await
+        .map_err(status_error)?
+        .into_inner();
     let mut view = View::default();
     let mut n = 0;
     while n < limit {
@@ -93,22 +105,39 @@ impl View {
                         self.endpoints.insert(addr, a);
                     }
                 }
-                Change { kind: "add", added, removed: vec![] }
+                Change {
+                    kind: "add",
+                    added,
+                    removed: vec![],
+                }
             }
             Some(update::Update::Remove(set)) => {
-                let removed: Vec<SocketAddr> = set.addrs.iter().filter_map(to_socket_addr).collect();
+                let removed: Vec<SocketAddr> =
+                    set.addrs.iter().filter_map(to_socket_addr).collect();
                 for a in &removed {
                     self.endpoints.remove(a);
                 }
-                Change { kind: "remove", added: vec![], removed }
+                Change {
+                    kind: "remove",
+                    added: vec![],
+                    removed,
+                }
             }
             Some(update::Update::NoEndpoints(ne)) => {
                 self.exists = Some(ne.exists);
                 let removed = self.endpoints.keys().copied().collect();
                 self.endpoints.clear();
-                Change { kind: "no_endpoints", added: vec![], removed }
+                Change {
+                    kind: "no_endpoints",
+                    added: vec![],
+                    removed,
+                }
             }
-            None => Change { kind: "empty", added: vec![], removed: vec![] },
+            None => Change {
+                kind: "empty",
+                added: vec![],
+                removed: vec![],
+            },
         }
     }
 
@@ -161,7 +190,11 @@ impl View {
             "no_endpoints" => "no ready endpoints".into(),
             other => other.into(),
         };
-        writeln!(out, "{authority}: {} endpoints (update {n}: {what})", self.endpoints.len())?;
+        writeln!(
+            out,
+            "{authority}: {} endpoints (update {n}: {what})",
+            self.endpoints.len()
+        )?;
         let mut rows = vec![[
             "ADDRESS".to_string(),
             "IDENTITY".into(),
@@ -190,12 +223,18 @@ impl View {
                 addr.to_string(),
                 identity(a).unwrap_or_else(|| "-".into()),
                 hint,
-                a.metric_labels.get("zone").filter(|z| !z.is_empty()).cloned().unwrap_or_else(|| "-".into()),
+                a.metric_labels
+                    .get("zone")
+                    .filter(|z| !z.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| "-".into()),
                 self.cluster_of(a),
                 labels.join(","),
             ]);
         }
-        let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> = (0..6)
+            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+            .collect();
         for row in rows {
             let line: Vec<String> = row
                 .iter()
@@ -261,16 +300,22 @@ fn hint(a: &pb::WeightedAddr) -> Option<&'static str> {
 }
 
 fn opaque_port(a: &pb::WeightedAddr) -> Option<u32> {
-    Some(a.protocol_hint.as_ref()?.opaque_transport.as_ref()?.inbound_port)
+    Some(
+        a.protocol_hint
+            .as_ref()?
+            .opaque_transport
+            .as_ref()?
+            .inbound_port,
+    )
 }
 
 /// Reads a wire address back into a socket address.
 pub fn to_socket_addr(addr: &net::TcpAddress) -> Option<SocketAddr> {
     let ip = match addr.ip.as_ref()?.ip.as_ref()? {
         net::ip_address::Ip::Ipv4(v4) => IpAddr::V4(Ipv4Addr::from(*v4)),
-        net::ip_address::Ip::Ipv6(v6) => {
-            IpAddr::V6(Ipv6Addr::from((u128::from(v6.first) << 64) | u128::from(v6.last)))
-        }
+        net::ip_address::Ip::Ipv6(v6) => IpAddr::V6(Ipv6Addr::from(
+            (u128::from(v6.first) << 64) | u128::from(v6.last),
+        )),
     };
     Some(SocketAddr::new(ip, u16::try_from(addr.port).ok()?))
 }

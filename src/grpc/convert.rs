@@ -9,7 +9,8 @@ use crate::{
     model::{ClientLocality, Endpoint, EndpointAddrs, ProtocolHint},
     proto::{
         destination::{
-            self as pb, protocol_hint, tls_identity::DnsLikeIdentity, update, AuthorityOverride, NoEndpoints, TlsIdentity,
+            self as pb, AuthorityOverride, NoEndpoints, TlsIdentity, protocol_hint,
+            tls_identity::DnsLikeIdentity, update,
         },
         net,
     },
@@ -37,10 +38,20 @@ pub fn to_tcp_address(addr: SocketAddr) -> net::TcpAddress {
 }
 
 /// An endpoint on the wire, labelled for a caller at `client`.
-pub fn to_weighted_addr(e: &Endpoint, client: &ClientLocality, local_cluster: &str) -> pb::WeightedAddr {
-    let mut metric_labels: HashMap<String, String> =
-        e.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    metric_labels.insert("zone".into(), e.zone.as_deref().unwrap_or_default().to_string());
+pub fn to_weighted_addr(
+    e: &Endpoint,
+    client: &ClientLocality,
+    local_cluster: &str,
+) -> pb::WeightedAddr {
+    let mut metric_labels: HashMap<String, String> = e
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    metric_labels.insert(
+        "zone".into(),
+        e.zone.as_deref().unwrap_or_default().to_string(),
+    );
     metric_labels.insert(
         "zone_locality".into(),
         client.zone_locality(e.zone.as_deref()).as_str().to_string(),
@@ -63,7 +74,9 @@ pub fn to_weighted_addr(e: &Endpoint, client: &ClientLocality, local_cluster: &s
 }
 
 fn to_tls_identity(name: &str) -> TlsIdentity {
-    let dns = DnsLikeIdentity { name: name.to_string() };
+    let dns = DnsLikeIdentity {
+        name: name.to_string(),
+    };
     TlsIdentity {
         strategy: Some(pb::tls_identity::Strategy::DnsLikeIdentity(dns.clone())),
         server_name: Some(dns),
@@ -106,7 +119,10 @@ pub fn add<'a>(
                 .into_iter()
                 .map(|e| to_weighted_addr(e, client, local_cluster))
                 .collect(),
-            metric_labels: set_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            metric_labels: set_labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })),
     }
 }
@@ -143,7 +159,10 @@ mod tests {
     fn addresses_are_big_endian() {
         let v4 = to_tcp_address("10.1.2.3:8080".parse().unwrap());
         assert_eq!(v4.port, 8080);
-        assert_eq!(v4.ip.unwrap().ip, Some(net::ip_address::Ip::Ipv4(0x0a01_0203)));
+        assert_eq!(
+            v4.ip.unwrap().ip,
+            Some(net::ip_address::Ip::Ipv4(0x0a01_0203))
+        );
         let v6 = to_tcp_address("[fd00::1:2]:80".parse().unwrap());
         assert_eq!(
             v6.ip.unwrap().ip,

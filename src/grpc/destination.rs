@@ -13,7 +13,8 @@ use crate::{
     index::AddrTarget,
     metrics::{Metrics, RpcLabels, UpdateLabels},
     model::{
-        Authority, ClientLocality, ContextToken, EndpointAddrs, PortSet, ServiceAuthority, ServiceRef, diff_endpoints,
+        Authority, ClientLocality, ContextToken, EndpointAddrs, PortSet, ServiceAuthority,
+        ServiceRef, diff_endpoints,
     },
     proto::destination::{self as pb, destination_server::Destination, update},
     resolver::{EndpointStream, ResolveError, Resolver},
@@ -62,7 +63,8 @@ impl DestinationService {
     }
 
     fn parse(&self, req: &pb::GetDestination) -> Result<Authority, Status> {
-        Authority::parse(&req.path, &self.settings.cluster_domain).map_err(|e| Status::invalid_argument(e.to_string()))
+        Authority::parse(&req.path, &self.settings.cluster_domain)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
     fn client_locality(&self, token: &ContextToken) -> ClientLocality {
@@ -89,7 +91,10 @@ impl Destination for DestinationService {
     type GetStream = UpdateStream;
     type GetProfileStream = ProfileStream;
 
-    async fn get(&self, req: Request<pb::GetDestination>) -> Result<Response<UpdateStream>, Status> {
+    async fn get(
+        &self,
+        req: Request<pb::GetDestination>,
+    ) -> Result<Response<UpdateStream>, Status> {
         let req = req.into_inner();
         let authority = match self.parse(&req)? {
             Authority::Service(s) => s,
@@ -121,7 +126,10 @@ impl Destination for DestinationService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn get_profile(&self, req: Request<pb::GetDestination>) -> Result<Response<ProfileStream>, Status> {
+    async fn get_profile(
+        &self,
+        req: Request<pb::GetDestination>,
+    ) -> Result<Response<ProfileStream>, Status> {
         let req = req.into_inner();
         let authority = self.parse(&req)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -134,12 +142,20 @@ impl Destination for DestinationService {
         let span = info_span!("get_profile", authority = %req.path);
         match authority {
             Authority::Service(s) => {
-                let svc_rx = index.lock().service_rx(&ServiceRef::new(&s.namespace, &s.service));
-                tokio::spawn(task.run_service(s, svc_rx, self.shutdown.clone()).instrument(span));
+                let svc_rx = index
+                    .lock()
+                    .service_rx(&ServiceRef::new(&s.namespace, &s.service));
+                tokio::spawn(
+                    task.run_service(s, svc_rx, self.shutdown.clone())
+                        .instrument(span),
+                );
             }
             Authority::Ip(addr) => {
                 let addr_rx = index.lock().addr_rx(addr);
-                tokio::spawn(task.run_addr(addr, addr_rx, self.shutdown.clone()).instrument(span));
+                tokio::spawn(
+                    task.run_addr(addr, addr_rx, self.shutdown.clone())
+                        .instrument(span),
+                );
             }
         }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -164,7 +180,10 @@ impl OpenStream {
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.metrics.streams_open.get_or_create(&RpcLabels { rpc: self.rpc }).dec();
+        self.metrics
+            .streams_open
+            .get_or_create(&RpcLabels { rpc: self.rpc })
+            .dec();
     }
 }
 
@@ -202,7 +221,11 @@ struct EndpointTask {
 }
 
 impl EndpointTask {
-    async fn run(mut self, first: Arc<crate::model::EndpointSet>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        first: Arc<crate::model::EndpointSet>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let _open = OpenStream::new(&self.metrics, "Get");
         // What the client holds: `None` before the first message.
         let mut sent: Option<(bool, Arc<EndpointAddrs>)> = None;
@@ -225,7 +248,12 @@ impl EndpointTask {
                         updates.push(convert::remove(diff.removed));
                     }
                     if !diff.added.is_empty() {
-                        updates.push(convert::add(&diff.added, &set.labels, &self.client, &self.local_cluster));
+                        updates.push(convert::add(
+                            &diff.added,
+                            &set.labels,
+                            &self.client,
+                            &self.local_cluster,
+                        ));
                     }
                     updates
                 }
@@ -254,7 +282,9 @@ impl EndpointTask {
                     Err(SendError::Closed) => return,
                     Err(SendError::TimedOut) => {
                         debug!("client stopped reading; resetting the stream");
-                        let _ = self.tx.try_send(Err(Status::deadline_exceeded("client did not read updates")));
+                        let _ = self.tx.try_send(Err(Status::deadline_exceeded(
+                            "client did not read updates",
+                        )));
                         return;
                     }
                 }
@@ -284,21 +314,29 @@ impl ProfileTask {
     ) {
         let port = authority.port;
         let domain = self.settings.cluster_domain.clone();
+        let defaults = Arc::clone(&self.settings.default_opaque_ports);
         let build = move |rx: &mut watch::Receiver<Option<Arc<crate::model::ServiceInfo>>>| {
             let info = rx.borrow_and_update().clone();
             match info {
-                Some(info) => profile::for_service(&info, port, &domain),
+                Some(info) => profile::for_service(&info, port, &domain, &defaults),
                 None => profile::default_profile(false),
             }
         };
         self.run(&mut rx, build, shutdown).await;
     }
 
-    async fn run_addr(self, addr: SocketAddr, mut rx: watch::Receiver<AddrTarget>, shutdown: watch::Receiver<bool>) {
+    async fn run_addr(
+        self,
+        addr: SocketAddr,
+        mut rx: watch::Receiver<AddrTarget>,
+        shutdown: watch::Receiver<bool>,
+    ) {
         let domain = self.settings.cluster_domain.clone();
         let defaults = Arc::clone(&self.settings.default_opaque_ports);
         let build = move |rx: &mut watch::Receiver<AddrTarget>| match &*rx.borrow_and_update() {
-            AddrTarget::Service(info) => profile::for_service(info, addr.port(), &domain),
+            AddrTarget::Service(info) => {
+                profile::for_service(info, addr.port(), &domain, &defaults)
+            }
             AddrTarget::Pod(endpoint) => profile::for_endpoint(endpoint),
             AddrTarget::Unknown => profile::default_profile(defaults.contains(addr.port(), None)),
         };
@@ -316,9 +354,14 @@ impl ProfileTask {
         loop {
             let profile = build(rx);
             if last.as_ref() != Some(&profile) {
-                if send(&self.tx, profile.clone(), self.settings.send_timeout, &self.metrics)
-                    .await
-                    .is_err()
+                if send(
+                    &self.tx,
+                    profile.clone(),
+                    self.settings.send_timeout,
+                    &self.metrics,
+                )
+                .await
+                .is_err()
                 {
                     return;
                 }

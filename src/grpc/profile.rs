@@ -2,7 +2,7 @@
 
 use super::convert;
 use crate::{
-    model::{ClientLocality, Endpoint, ProtocolHint, ServiceInfo},
+    model::{ClientLocality, Endpoint, PortSet, ProtocolHint, ServiceInfo},
     proto::{
         destination::{self as pb},
         meta,
@@ -14,7 +14,10 @@ fn default_retry_budget() -> pb::RetryBudget {
     pb::RetryBudget {
         retry_ratio: 0.2,
         min_retries_per_second: 10,
-        ttl: Some(prost_types::Duration { seconds: 10, nanos: 0 }),
+        ttl: Some(prost_types::Duration {
+            seconds: 10,
+            nanos: 0,
+        }),
     }
 }
 
@@ -28,11 +31,16 @@ pub fn default_profile(opaque: bool) -> pb::DestinationProfile {
 }
 
 /// The profile of a service port.
-pub fn for_service(info: &ServiceInfo, port: u16, cluster_domain: &str) -> pb::DestinationProfile {
+pub fn for_service(
+    info: &ServiceInfo,
+    port: u16,
+    cluster_domain: &str,
+    default_opaque_ports: &PortSet,
+) -> pb::DestinationProfile {
     let svc = &info.service;
     pb::DestinationProfile {
         fully_qualified_name: format!("{}.{}.svc.{cluster_domain}", svc.name, svc.namespace),
-        opaque_protocol: info.opaque_ports.as_ref().is_some_and(|p| p.contains(port, None)),
+        opaque_protocol: info.is_opaque(port, default_opaque_ports),
         parent_ref: Some(meta::Metadata {
             kind: Some(meta::metadata::Kind::Resource(meta::Resource {
                 group: "core".into(),

@@ -11,7 +11,12 @@ use crate::model::{Endpoint, EndpointAddrs, PortSnapshot, ProtocolHint, ServiceK
 impl ClusterIndex {
     /// The snapshot of `svc` on `port`, reusing `prev`'s endpoints where nothing changed
     /// so that streams can compare by pointer.
-    pub(super) fn compute_port(&self, svc: &ServiceRef, port: u16, prev: Option<&PortSnapshot>) -> PortSnapshot {
+    pub(super) fn compute_port(
+        &self,
+        svc: &ServiceRef,
+        port: u16,
+        prev: Option<&PortSnapshot>,
+    ) -> PortSnapshot {
         let Some(state) = self.services.get(svc) else {
             return PortSnapshot::default();
         };
@@ -23,7 +28,9 @@ impl ClusterIndex {
             };
         }
         let svc_port = state.port(port);
-        let target = svc_port.map(|p| p.target.clone()).unwrap_or(TargetPort::Number(port));
+        let target = svc_port
+            .map(|p| p.target.clone())
+            .unwrap_or(TargetPort::Number(port));
         let port_name = svc_port.and_then(|p| p.name.as_deref());
 
         let mut found: Vec<(Option<&PodRef>, Endpoint)> = Vec::new();
@@ -46,10 +53,10 @@ impl ClusterIndex {
             for ep in slice.endpoints.iter().filter(|e| e.ready) {
                 let pod = ep.pod.as_ref().and_then(|k| self.pods.get(k));
                 for ip in &ep.addrs {
-                    if ip.is_ipv6() {
-                        if let Some(p) = &ep.pod {
-                            v6_pods.insert(p);
-                        }
+                    if ip.is_ipv6()
+                        && let Some(p) = &ep.pod
+                    {
+                        v6_pods.insert(p);
                     }
                     let addr = SocketAddr::new(*ip, target_port);
                     let mut endpoint = match pod {
@@ -58,10 +65,12 @@ impl ClusterIndex {
                     };
                     endpoint.hostname = ep.hostname.clone();
                     endpoint.node_name = ep.node_name.clone().or(endpoint.node_name);
-                    endpoint.zone = ep
-                        .zone
-                        .clone()
-                        .or_else(|| endpoint.node_name.as_deref().and_then(|n| self.node_zone(n)));
+                    endpoint.zone = ep.zone.clone().or_else(|| {
+                        endpoint
+                            .node_name
+                            .as_deref()
+                            .and_then(|n| self.node_zone(n))
+                    });
                     endpoint.hint_zones = ep.hint_zones.clone();
                     if let Some(gw) = gateway {
                         apply_gateway(&mut endpoint, gw, port);
@@ -90,7 +99,12 @@ impl ClusterIndex {
 }
 
 /// The endpoint a pod is at `addr`: identity, protocol hint and labels.
-pub(super) fn pod_endpoint(config: &IndexConfig, pod: &PodInfo, addr: SocketAddr, zone: Option<Arc<str>>) -> Endpoint {
+pub(super) fn pod_endpoint(
+    config: &IndexConfig,
+    pod: &PodInfo,
+    addr: SocketAddr,
+    zone: Option<Arc<str>>,
+) -> Endpoint {
     let port = addr.port();
     let proxied = pod.proxied(port);
     let hint = if !proxied {

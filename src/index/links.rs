@@ -112,7 +112,10 @@ impl LinkState {
         for spec in self.secrets.values().filter_map(|r| r.as_ref().ok()) {
             if let Some(first) = clusters.get(&spec.name) {
                 let first: &LinkedClusterSpec = first;
-                let reason = format!("cluster {:?} is already linked by Secret {}", spec.name, first.secret);
+                let reason = format!(
+                    "cluster {:?} is already linked by Secret {}",
+                    spec.name, first.secret
+                );
                 tracing::warn!(secret = %spec.secret, %reason, "ignoring credentials Secret");
                 self.duplicates.push(RejectedSecret {
                     secret: spec.secret.clone(),
@@ -132,15 +135,33 @@ impl LinkState {
     }
 }
 
-fn parse_credentials(namespace: &str, name: &str, secret: &Secret) -> Result<LinkedClusterSpec, String> {
-    let label = |key: &str| secret.metadata.labels.as_ref().and_then(|l| l.get(key)).filter(|v| !v.is_empty());
-    let annotation =
-        |key: &str| secret.metadata.annotations.as_ref().and_then(|a| a.get(key)).filter(|v| !v.is_empty());
-    let cluster = label(labels::MC_CLUSTER_NAME).ok_or(format!("missing label {}", labels::MC_CLUSTER_NAME))?;
-    let trust_domain =
-        annotation(labels::MC_TRUST_DOMAIN).ok_or(format!("missing annotation {}", labels::MC_TRUST_DOMAIN))?;
-    let cluster_domain =
-        annotation(labels::MC_CLUSTER_DOMAIN).ok_or(format!("missing annotation {}", labels::MC_CLUSTER_DOMAIN))?;
+fn parse_credentials(
+    namespace: &str,
+    name: &str,
+    secret: &Secret,
+) -> Result<LinkedClusterSpec, String> {
+    let label = |key: &str| {
+        secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(key))
+            .filter(|v| !v.is_empty())
+    };
+    let annotation = |key: &str| {
+        secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .filter(|v| !v.is_empty())
+    };
+    let cluster = label(labels::MC_CLUSTER_NAME)
+        .ok_or(format!("missing label {}", labels::MC_CLUSTER_NAME))?;
+    let trust_domain = annotation(labels::MC_TRUST_DOMAIN)
+        .ok_or(format!("missing annotation {}", labels::MC_TRUST_DOMAIN))?;
+    let cluster_domain = annotation(labels::MC_CLUSTER_DOMAIN)
+        .ok_or(format!("missing annotation {}", labels::MC_CLUSTER_DOMAIN))?;
     let kubeconfig = secret
         .data
         .as_ref()

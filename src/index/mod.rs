@@ -150,13 +150,20 @@ impl ClusterIndex {
     // --- lookups ---
 
     /// The endpoints of a service port, kept current.
-    pub fn endpoints_rx(&mut self, svc: &ServiceRef, port: u16) -> watch::Receiver<Arc<PortSnapshot>> {
+    pub fn endpoints_rx(
+        &mut self,
+        svc: &ServiceRef,
+        port: u16,
+    ) -> watch::Receiver<Arc<PortSnapshot>> {
         if let Some(tx) = self.lookups.get(svc).and_then(|ports| ports.get(&port)) {
             return tx.subscribe();
         }
         let snapshot = Arc::new(self.compute_port(svc, port, None));
         let (tx, rx) = watch::channel(snapshot);
-        self.lookups.entry(svc.clone()).or_default().insert(port, tx);
+        self.lookups
+            .entry(svc.clone())
+            .or_default()
+            .insert(port, tx);
         rx
     }
 
@@ -173,11 +180,18 @@ impl ClusterIndex {
 
     /// What an IP address and port belong to, kept current.
     pub fn addr_rx(&mut self, addr: SocketAddr) -> watch::Receiver<AddrTarget> {
-        if let Some(tx) = self.addr_watches.get(&addr.ip()).and_then(|p| p.get(&addr.port())) {
+        if let Some(tx) = self
+            .addr_watches
+            .get(&addr.ip())
+            .and_then(|p| p.get(&addr.port()))
+        {
             return tx.subscribe();
         }
         let (tx, rx) = watch::channel(self.compute_addr(addr));
-        self.addr_watches.entry(addr.ip()).or_default().insert(addr.port(), tx);
+        self.addr_watches
+            .entry(addr.ip())
+            .or_default()
+            .insert(addr.port(), tx);
         rx
     }
 
@@ -235,7 +249,12 @@ impl ClusterIndex {
     /// Replaces every Service with `svcs` (after a relist).
     pub fn reset_services(&mut self, svcs: &[Service]) {
         let keep: HashSet<ServiceRef> = svcs.iter().filter_map(service::service_ref).collect();
-        let gone: Vec<ServiceRef> = self.services.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+        let gone: Vec<ServiceRef> = self
+            .services
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
         for key in gone {
             self.delete_service(&key.namespace, &key.name);
         }
@@ -280,17 +299,20 @@ impl ClusterIndex {
         };
         let id = (owner.namespace.clone(), name.clone());
         // A slice that moved to another service (label edit) leaves the old one.
-        if let Some(prev_owner) = self.slice_owners.get(&id).cloned() {
-            if prev_owner != owner {
-                self.delete_endpoint_slice(&id.0, &id.1);
-            }
+        if let Some(prev_owner) = self.slice_owners.get(&id).cloned()
+            && prev_owner != owner
+        {
+            self.delete_endpoint_slice(&id.0, &id.1);
         }
         let slices = self.slices.entry(owner.clone()).or_default();
         if slices.get(&name) == Some(&state) {
             return;
         }
         let new_pods = state.pod_refs();
-        let old_pods = slices.insert(name, state).map(|s| s.pod_refs()).unwrap_or_default();
+        let old_pods = slices
+            .insert(name, state)
+            .map(|s| s.pod_refs())
+            .unwrap_or_default();
         self.slice_owners.insert(id, owner.clone());
         self.track_pod_refs(&owner, &old_pods, &new_pods);
         self.refresh_service(&owner);
@@ -315,7 +337,12 @@ impl ClusterIndex {
     /// Replaces every EndpointSlice with `slices`.
     pub fn reset_endpoint_slices(&mut self, slices: &[EndpointSlice]) {
         let keep: HashSet<(String, String)> = slices.iter().filter_map(slice::slice_id).collect();
-        let gone: Vec<(String, String)> = self.slice_owners.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+        let gone: Vec<(String, String)> = self
+            .slice_owners
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
         for (ns, name) in gone {
             self.delete_endpoint_slice(&ns, &name);
         }
@@ -326,7 +353,12 @@ impl ClusterIndex {
 
     fn track_pod_refs(&mut self, svc: &ServiceRef, old: &[PodRef], new: &[PodRef]) {
         for pod in new {
-            *self.pod_services.entry(pod.clone()).or_default().entry(svc.clone()).or_default() += 1;
+            *self
+                .pod_services
+                .entry(pod.clone())
+                .or_default()
+                .entry(svc.clone())
+                .or_default() += 1;
         }
         for pod in old {
             if let Some(svcs) = self.pod_services.get_mut(pod) {
@@ -369,7 +401,12 @@ impl ClusterIndex {
     /// Replaces every Pod with `pods`.
     pub fn reset_pods(&mut self, pods: &[Pod]) {
         let keep: HashSet<PodRef> = pods.iter().filter_map(pod::pod_ref).collect();
-        let gone: Vec<PodRef> = self.pods.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+        let gone: Vec<PodRef> = self
+            .pods
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
         for (ns, name) in gone {
             self.delete_pod(&ns, &name);
         }
@@ -436,8 +473,12 @@ impl ClusterIndex {
 
     /// Replaces every Node with `nodes`.
     pub fn reset_nodes(&mut self, nodes: &[Node]) {
-        let keep: HashSet<&str> = nodes.iter().filter_map(|n| n.metadata.name.as_deref()).collect();
-        self.node_zones.retain(|name, _| keep.contains(name.as_str()));
+        let keep: HashSet<&str> = nodes
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .collect();
+        self.node_zones
+            .retain(|name, _| keep.contains(name.as_str()));
         for n in nodes {
             self.apply_node(n);
         }
@@ -478,10 +519,10 @@ impl ClusterIndex {
                 continue;
             }
             let next = self.compute_port(svc, port, Some(&prev));
-            if *prev != next {
-                if let Some(tx) = self.lookups.get(svc).and_then(|p| p.get(&port)) {
-                    tx.send_replace(Arc::new(next));
-                }
+            if *prev != next
+                && let Some(tx) = self.lookups.get(svc).and_then(|p| p.get(&port))
+            {
+                tx.send_replace(Arc::new(next));
             }
         }
     }
@@ -496,7 +537,11 @@ impl ClusterIndex {
     }
 
     fn gc_service_watch(&mut self, svc: &ServiceRef) {
-        if self.service_watches.get(svc).is_some_and(watch::Sender::is_closed) {
+        if self
+            .service_watches
+            .get(svc)
+            .is_some_and(watch::Sender::is_closed)
+        {
             self.service_watches.remove(svc);
         }
     }
@@ -535,7 +580,11 @@ impl ClusterIndex {
     }
 
     fn compute_addr(&self, addr: SocketAddr) -> AddrTarget {
-        if let Some(svc) = self.cluster_ips.get(&addr.ip()).and_then(|k| self.services.get(k)) {
+        if let Some(svc) = self
+            .cluster_ips
+            .get(&addr.ip())
+            .and_then(|k| self.services.get(k))
+        {
             return AddrTarget::Service(Arc::clone(&svc.info));
         }
         match self.pod_ips.get(&addr.ip()).and_then(|k| self.pods.get(k)) {

@@ -38,7 +38,10 @@ pub struct PodInfo {
 
 pub(super) fn pod_ref(pod: &Pod) -> Option<PodRef> {
     Some((
-        pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        pod.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         pod.metadata.name.clone()?,
     ))
 }
@@ -70,15 +73,19 @@ impl PodInfo {
             .clone()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".into());
-        let identity = (control_plane_ns == Some(&config.control_plane_ns) && !config.trust_domain.is_empty())
-            .then(|| {
-                Arc::from(format!(
-                    "{service_account}.{namespace}.serviceaccount.identity.{}.{}",
-                    config.control_plane_ns, config.trust_domain
-                ))
-            });
+        let identity = (control_plane_ns == Some(&config.control_plane_ns)
+            && !config.trust_domain.is_empty())
+        .then(|| {
+            Arc::from(format!(
+                "{service_account}.{namespace}.serviceaccount.identity.{}.{}",
+                config.control_plane_ns, config.trust_domain
+            ))
+        });
 
-        let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+        let containers = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten());
         let mut port_names = HashMap::new();
         let mut inbound_port = DEFAULT_INBOUND_PORT;
         for c in containers {
@@ -94,7 +101,10 @@ impl PodInfo {
                     .flatten()
                     .find(|e| e.name == labels::PROXY_INBOUND_LISTEN_ADDR_ENV)
                     .and_then(|e| e.value.as_deref());
-                if let Some(port) = listen.and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()) {
+                if let Some(port) = listen
+                    .and_then(|a| a.rsplit_once(':'))
+                    .and_then(|(_, p)| p.parse().ok())
+                {
                     inbound_port = port;
                 }
             }
@@ -118,7 +128,9 @@ impl PodInfo {
             skip_inbound: annotations
                 .get(labels::SKIP_INBOUND_PORTS)
                 .map(|l| PortSet::parse(l).0),
-            opaque_ports: annotations.get(labels::OPAQUE_PORTS).map(|l| PortSet::parse(l).0),
+            opaque_ports: annotations
+                .get(labels::OPAQUE_PORTS)
+                .map(|l| PortSet::parse(l).0),
             port_names,
             inbound_port,
             labels: Arc::new(pod_labels),
@@ -152,12 +164,11 @@ fn owner_label(pod: &Pod, meta_labels: &BTreeMap<String, String>) -> Option<(Str
         .iter()
         .flatten()
         .find(|o| o.controller == Some(true))?;
-    if owner.kind == "ReplicaSet" {
-        if let Some(hash) = meta_labels.get(labels::POD_TEMPLATE_HASH) {
-            if let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}")) {
-                return Some(("deployment".into(), deployment.into()));
-            }
-        }
+    if owner.kind == "ReplicaSet"
+        && let Some(hash) = meta_labels.get(labels::POD_TEMPLATE_HASH)
+        && let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}"))
+    {
+        return Some(("deployment".into(), deployment.into()));
     }
     Some((owner.kind.to_ascii_lowercase(), owner.name.clone()))
 }

@@ -63,8 +63,12 @@ impl ServiceState {
         {
             ServiceKind::Federated {
                 members: federated_members(
-                    annotations.get(labels::MC_LOCAL_DISCOVERY).map(String::as_str),
-                    annotations.get(labels::MC_REMOTE_DISCOVERY).map(String::as_str),
+                    annotations
+                        .get(labels::MC_LOCAL_DISCOVERY)
+                        .map(String::as_str),
+                    annotations
+                        .get(labels::MC_REMOTE_DISCOVERY)
+                        .map(String::as_str),
                 ),
             }
         } else {
@@ -82,7 +86,7 @@ impl ServiceState {
         cluster_ips.dedup();
         let headless = spec.cluster_ip.as_deref() == Some("None");
 
-        let ports = spec
+        let ports: Vec<ServicePort> = spec
             .ports
             .iter()
             .flatten()
@@ -108,15 +112,21 @@ impl ServiceState {
             })
             .collect();
 
-        let mirror = labels.get(labels::MIRROR_CLUSTER_NAME).map(|cluster| MirrorInfo {
-            cluster: cluster.clone(),
-            remote_fqn: annotations.get(labels::REMOTE_SVC_FQ_NAME).cloned(),
-        });
+        let mirror = labels
+            .get(labels::MIRROR_CLUSTER_NAME)
+            .map(|cluster| MirrorInfo {
+                cluster: cluster.clone(),
+                remote_fqn: annotations.get(labels::REMOTE_SVC_FQ_NAME).cloned(),
+            });
         let gateway = gateway_info(&annotations);
         let opaque_ports = annotations
             .get(labels::OPAQUE_PORTS)
             .map(|list| Arc::new(PortSet::parse(list).0));
 
+        let port_names = ports
+            .iter()
+            .filter_map(|p: &ServicePort| Some((p.port, p.name.clone()?)))
+            .collect();
         let info = ServiceInfo {
             service: key,
             kind,
@@ -124,6 +134,7 @@ impl ServiceState {
             internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             cluster_ips,
             opaque_ports,
+            port_names,
             mirror,
         };
         Some(Self {
@@ -139,7 +150,9 @@ impl ServiceState {
 }
 
 /// Reads the gateway annotations of a mirror Service or of its EndpointSlices.
-pub(super) fn gateway_info(annotations: &std::collections::BTreeMap<String, String>) -> Option<GatewayInfo> {
+pub(super) fn gateway_info(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Option<GatewayInfo> {
     Some(GatewayInfo {
         identity: annotations.get(labels::REMOTE_GATEWAY_IDENTITY)?.clone(),
         remote_fqn: annotations.get(labels::REMOTE_SVC_FQ_NAME)?.clone(),
@@ -149,13 +162,20 @@ pub(super) fn gateway_info(annotations: &std::collections::BTreeMap<String, Stri
 /// Parses `local-discovery: svc` and `remote-discovery: svc@east,svc@west`.
 fn federated_members(local: Option<&str>, remote: Option<&str>) -> Vec<FederatedMember> {
     let split = |s: &str| -> Vec<String> {
-        s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+        s.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
     };
     let mut members: Vec<FederatedMember> = local
         .map(split)
         .unwrap_or_default()
         .into_iter()
-        .map(|service| FederatedMember { cluster: None, service })
+        .map(|service| FederatedMember {
+            cluster: None,
+            service,
+        })
         .collect();
     for entry in remote.map(split).unwrap_or_default() {
         match entry.split_once('@') {
@@ -165,7 +185,10 @@ fn federated_members(local: Option<&str>, remote: Option<&str>) -> Vec<Federated
                     service: service.to_string(),
                 })
             }
-            _ => tracing::warn!(entry, "ignoring federated member that is not <service>@<cluster>"),
+            _ => tracing::warn!(
+                entry,
+                "ignoring federated member that is not <service>@<cluster>"
+            ),
         }
     }
     members.sort();

@@ -31,7 +31,11 @@ pub(super) struct SliceState {
 
 pub(super) fn slice_id(slice: &EndpointSlice) -> Option<(String, String)> {
     Some((
-        slice.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        slice
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         slice.metadata.name.clone()?,
     ))
 }
@@ -40,7 +44,11 @@ impl SliceState {
     /// Reads a slice; `None` when it names no service or holds FQDN addresses.
     pub fn from_k8s(slice: &EndpointSlice) -> Option<(ServiceRef, String, Self)> {
         let (namespace, name) = slice_id(slice)?;
-        let service = slice.metadata.labels.as_ref()?.get(labels::SLICE_SERVICE_NAME)?;
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()?
+            .get(labels::SLICE_SERVICE_NAME)?;
         if slice.address_type == "FQDN" {
             return None;
         }
@@ -53,33 +61,41 @@ impl SliceState {
                 Some((p.name.clone().filter(|n| !n.is_empty()), port))
             })
             .collect();
-        let endpoints = slice
-            .endpoints
-            .iter()
-            .flatten()
-            .map(|ep| {
-                let pod = ep
-                    .target_ref
-                    .as_ref()
-                    .filter(|r| r.kind.as_deref() == Some("Pod"))
-                    .and_then(|r| {
-                        Some((r.namespace.clone().unwrap_or_else(|| namespace.clone()), r.name.clone()?))
-                    });
-                SliceEndpoint {
-                    addrs: ep.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
-                    // A missing condition means ready, as the API documents.
-                    ready: ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
-                    hostname: ep.hostname.as_deref().map(Arc::from),
-                    node_name: ep.node_name.as_deref().map(Arc::from),
-                    zone: ep.zone.as_deref().map(Arc::from),
-                    hint_zones: ep.hints.as_ref().and_then(|h| h.for_zones.as_ref()).map(|zones| {
-                        zones.iter().map(|z| Arc::from(z.name.as_str())).collect()
-                    }),
-                    pod,
-                }
-            })
-            .collect();
-        let gateway = slice.metadata.annotations.as_ref().and_then(super::service::gateway_info);
+        let endpoints =
+            slice
+                .endpoints
+                .iter()
+                .flatten()
+                .map(|ep| {
+                    let pod = ep
+                        .target_ref
+                        .as_ref()
+                        .filter(|r| r.kind.as_deref() == Some("Pod"))
+                        .and_then(|r| {
+                            Some((
+                                r.namespace.clone().unwrap_or_else(|| namespace.clone()),
+                                r.name.clone()?,
+                            ))
+                        });
+                    SliceEndpoint {
+                        addrs: ep.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                        // A missing condition means ready, as the API documents.
+                        ready: ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+                        hostname: ep.hostname.as_deref().map(Arc::from),
+                        node_name: ep.node_name.as_deref().map(Arc::from),
+                        zone: ep.zone.as_deref().map(Arc::from),
+                        hint_zones: ep.hints.as_ref().and_then(|h| h.for_zones.as_ref()).map(
+                            |zones| zones.iter().map(|z| Arc::from(z.name.as_str())).collect(),
+                        ),
+                        pod,
+                    }
+                })
+                .collect();
+        let gateway = slice
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(super::service::gateway_info);
         Some((
             ServiceRef::new(namespace, service.clone()),
             name,
@@ -93,6 +109,9 @@ impl SliceState {
 
     /// The pods this slice's endpoints point at, once per endpoint.
     pub fn pod_refs(&self) -> Vec<PodRef> {
-        self.endpoints.iter().filter_map(|e| e.pod.clone()).collect()
+        self.endpoints
+            .iter()
+            .filter_map(|e| e.pod.clone())
+            .collect()
     }
 }

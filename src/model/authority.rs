@@ -140,7 +140,10 @@ mod tests {
     #[test]
     fn service_with_port() {
         let s = svc("web.shop.svc.cluster.local:8080");
-        assert_eq!((s.service.as_str(), s.namespace.as_str(), s.port), ("web", "shop", 8080));
+        assert_eq!(
+            (s.service.as_str(), s.namespace.as_str(), s.port),
+            ("web", "shop", 8080)
+        );
         assert_eq!(s.hostname, None);
     }
 
@@ -166,15 +169,28 @@ mod tests {
 
     #[test]
     fn bad_ports_are_rejected() {
-        for path in ["web.shop.svc.cluster.local:0", "web.shop.svc.cluster.local:70000", "web.shop.svc.cluster.local:x"] {
+        for path in [
+            "web.shop.svc.cluster.local:0",
+            "web.shop.svc.cluster.local:70000",
+            "web.shop.svc.cluster.local:x",
+        ] {
             let err = Authority::parse(path, "cluster.local").unwrap_err();
-            assert!(matches!(err, AuthorityError::InvalidPort { .. }), "{path}: {err}");
+            assert!(
+                matches!(err, AuthorityError::InvalidPort { .. }),
+                "{path}: {err}"
+            );
         }
     }
 
     #[test]
     fn garbage_is_rejected_with_a_reason() {
-        for path in ["", "web", "web.shop.svc.other.domain:80", "a.b.c.d.svc.cluster.local:80", "we_b.shop.svc.cluster.local"] {
+        for path in [
+            "",
+            "web",
+            "web.shop.svc.other.domain:80",
+            "a.b.c.d.svc.cluster.local:80",
+            "we_b.shop.svc.cluster.local",
+        ] {
             let err = Authority::parse(path, "cluster.local").unwrap_err();
             assert!(!err.to_string().is_empty(), "{path}");
         }

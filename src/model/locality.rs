@@ -38,27 +38,32 @@ impl ClientLocality {
     /// and all of them when none is hinted for it.
     pub fn filter(&self, set: &EndpointSet) -> Arc<EndpointAddrs> {
         let mut endpoints = Arc::clone(&set.endpoints);
-        if set.internal_traffic_local {
-            if let Some(node) = self.node_name.as_deref() {
-                endpoints = Arc::new(
-                    endpoints
-                        .iter()
-                        .filter(|(_, e)| e.node_name.as_deref() == Some(node))
-                        .map(|(a, e)| (*a, Arc::clone(e)))
-                        .collect(),
-                );
-            }
+        if set.internal_traffic_local
+            && let Some(node) = self.node_name.as_deref()
+        {
+            endpoints = Arc::new(
+                endpoints
+                    .iter()
+                    .filter(|(_, e)| e.node_name.as_deref() == Some(node))
+                    .map(|(a, e)| (*a, Arc::clone(e)))
+                    .collect(),
+            );
         }
         let Some(zone) = self.zone.as_deref() else {
             return endpoints;
         };
-        let all_hinted = !endpoints.is_empty() && endpoints.values().all(|e| e.hint_zones.is_some());
+        let all_hinted =
+            !endpoints.is_empty() && endpoints.values().all(|e| e.hint_zones.is_some());
         if !all_hinted {
             return endpoints;
         }
         let in_zone: EndpointAddrs = endpoints
             .iter()
-            .filter(|(_, e)| e.hint_zones.as_deref().is_some_and(|z| z.iter().any(|z| &**z == zone)))
+            .filter(|(_, e)| {
+                e.hint_zones
+                    .as_deref()
+                    .is_some_and(|z| z.iter().any(|z| &**z == zone))
+            })
             .map(|(a, e)| (*a, Arc::clone(e)))
             .collect();
         if in_zone.is_empty() {
@@ -113,7 +118,13 @@ mod tests {
 
     #[test]
     fn node_local_policy_keeps_the_callers_node() {
-        let set = mk_set(vec![mk_endpoint("10.0.0.1:80", "a", None), mk_endpoint("10.0.0.2:80", "b", None)], true);
+        let set = mk_set(
+            vec![
+                mk_endpoint("10.0.0.1:80", "a", None),
+                mk_endpoint("10.0.0.2:80", "b", None),
+            ],
+            true,
+        );
         let client = ClientLocality {
             node_name: Some("b".into()),
             zone: None,

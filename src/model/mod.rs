@@ -5,16 +5,16 @@
 
 pub mod authority;
 pub mod context;
-pub mod locality;
 pub mod endpoint;
+pub mod locality;
 pub mod ports;
 pub mod service;
 pub mod snapshot;
 
 pub use authority::{Authority, AuthorityError, ServiceAuthority};
 pub use context::ContextToken;
-pub use locality::{ClientLocality, ZoneLocality};
 pub use endpoint::{Endpoint, EndpointAddrs, ProtocolHint};
+pub use locality::{ClientLocality, ZoneLocality};
 pub use ports::{PortSet, PortSetError};
 pub use service::{FederatedMember, MirrorInfo, ServiceInfo, ServiceKind, ServiceRef};
 pub use snapshot::{EndpointDiff, EndpointSet, PortSnapshot, diff_endpoints};

@@ -11,7 +11,9 @@ pub struct PortSet {
 
 /// An entry of a port list that is neither a port, a range nor a port name.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid port list entry {entry:?}: expected a port (1-65535), a range a-b, or a port name")]
+#[error(
+    "invalid port list entry {entry:?}: expected a port (1-65535), a range a-b, or a port name"
+)]
 pub struct PortSetError {
     pub entry: String,
 }
@@ -64,10 +66,10 @@ enum Entry<'a> {
 
 fn parse_entry(entry: &str) -> Option<Entry<'_>> {
     let port = |s: &str| s.trim().parse::<u16>().ok().filter(|p| *p > 0);
-    if let Some((a, b)) = entry.split_once('-') {
-        if let (Some(a), Some(b)) = (port(a), port(b)) {
-            return (a <= b).then_some(Entry::Range(a, b));
-        }
+    if let Some((a, b)) = entry.split_once('-')
+        && let (Some(a), Some(b)) = (port(a), port(b))
+    {
+        return (a <= b).then_some(Entry::Range(a, b));
     }
     if let Some(p) = port(entry) {
         return Some(Entry::Range(p, p));

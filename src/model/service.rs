@@ -71,5 +71,23 @@ pub struct ServiceInfo {
     pub cluster_ips: Vec<IpAddr>,
     /// The service's `config.linkerd.io/opaque-ports`, for profiles.
     pub opaque_ports: Option<Arc<PortSet>>,
+    /// Named service ports, so opaque ports can be listed by name.
+    pub port_names: Vec<(u16, String)>,
     pub mirror: Option<MirrorInfo>,
+}
+
+impl ServiceInfo {
+    /// Whether traffic to service port `port` is opaque: the service's own list when
+    /// annotated, else `defaults`.
+    pub fn is_opaque(&self, port: u16, defaults: &PortSet) -> bool {
+        let name = self
+            .port_names
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, n)| n.as_str());
+        self.opaque_ports
+            .as_deref()
+            .unwrap_or(defaults)
+            .contains(port, name)
+    }
 }

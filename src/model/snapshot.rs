@@ -107,7 +107,10 @@ mod tests {
     fn adds_removes_and_changes() {
         let a = mk_endpoint("10.0.0.1:80", None);
         let b = mk_endpoint("10.0.0.2:80", None);
-        let b2 = mk_endpoint("10.0.0.2:80", Some("b.ns.serviceaccount.identity.linkerd.cluster.local"));
+        let b2 = mk_endpoint(
+            "10.0.0.2:80",
+            Some("b.ns.serviceaccount.identity.linkerd.cluster.local"),
+        );
         let c = mk_endpoint("10.0.0.3:80", None);
         let diff = diff_endpoints(&mk_map(&[a.clone(), b]), &mk_map(&[b2.clone(), c.clone()]));
         assert_eq!(diff.removed, vec![a.addr]);

@@ -36,14 +36,20 @@ async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
     if state.clusters.local().status.is_synced() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the local cluster is still loading\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the local cluster is still loading\n",
+        )
     }
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     state.metrics.observe_clusters(&state.clusters);
     (
-        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }

@@ -59,7 +59,11 @@ pub struct ServeArgs {
 
     /// Namespace of the control plane: meshed pods labelled with it get identities, and
     /// linked-cluster credentials Secrets are read from it.
-    #[arg(long, env = "MESHLINK_CONTROL_PLANE_NAMESPACE", default_value = "linkerd")]
+    #[arg(
+        long,
+        env = "MESHLINK_CONTROL_PLANE_NAMESPACE",
+        default_value = "linkerd"
+    )]
     pub control_plane_namespace: String,
 
     /// Ports treated as opaque unless a pod says otherwise (numbers and ranges a-b).

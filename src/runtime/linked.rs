@@ -27,7 +27,8 @@ impl LinkedManifestClusters {
         mut specs: watch::Receiver<Arc<BTreeMap<String, LinkedClusterSpec>>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut running: BTreeMap<String, (LinkedClusterSpec, watch::Sender<bool>)> = BTreeMap::new();
+        let mut running: BTreeMap<String, (LinkedClusterSpec, watch::Sender<bool>)> =
+            BTreeMap::new();
         loop {
             let wanted = specs.borrow_and_update().clone();
             let stale: Vec<String> = running
@@ -72,7 +73,8 @@ impl LinkedManifestClusters {
         };
         let handle = ClusterHandle::new(ClusterIndex::shared(config));
         let dir = self.root.join(&spec.name);
-        let mut source = ManifestSource::new(dir.clone(), handle.clone(), Arc::clone(&self.metrics));
+        let mut source =
+            ManifestSource::new(dir.clone(), handle.clone(), Arc::clone(&self.metrics));
         let report = source.sync();
         self.clusters.insert(handle);
         info!(

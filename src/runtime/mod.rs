@@ -13,7 +13,9 @@ use anyhow::Result;
 pub fn init_tracing(format: cli::LogFormat, filter: &str) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| anyhow::anyhow!("invalid --log-level {filter:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match format {
         cli::LogFormat::Plain => builder.try_init(),
         cli::LogFormat::Json => builder.json().try_init(),
@@ -34,7 +36,9 @@ pub async fn wait_for_signal() {
                 }
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server")
+            }
         }
     }
     let _ = tokio::signal::ctrl_c().await;

@@ -51,7 +51,8 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
         );
     };
     let default_opaque_ports = Arc::new(
-        PortSet::parse_strict(&args.default_opaque_ports).context("invalid --default-opaque-ports")?,
+        PortSet::parse_strict(&args.default_opaque_ports)
+            .context("invalid --default-opaque-ports")?,
     );
     let local_dir = manifests.join(&args.cluster_name);
     if !local_dir.is_dir() {
@@ -84,8 +85,13 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
 
     // The admin server answers /live and /ready (503) while the first load runs.
     let admin = tokio::spawn(
-        admin::serve_admin(admin_listener, Arc::clone(&metrics), Arc::clone(&clusters), shutdown_rx.clone())
-            .instrument(info_span!("admin")),
+        admin::serve_admin(
+            admin_listener,
+            Arc::clone(&metrics),
+            Arc::clone(&clusters),
+            shutdown_rx.clone(),
+        )
+        .instrument(info_span!("admin")),
     );
 
     let mut source = ManifestSource::new(local_dir.clone(), local.clone(), Arc::clone(&metrics));

@@ -128,7 +128,11 @@ impl ManifestSource {
         let stamp = std::fs::metadata(&path)
             .map(|m| (m.modified().ok(), m.len()))
             .unwrap_or((None, 0));
-        if self.files.get(&path).is_some_and(|f| f.stamp == stamp && stamp.0.is_some()) {
+        if self
+            .files
+            .get(&path)
+            .is_some_and(|f| f.stamp == stamp && stamp.0.is_some())
+        {
             return;
         }
         let previous = self.files.remove(&path);
@@ -153,7 +157,14 @@ impl ManifestSource {
                 }
             }
         }
-        self.files.insert(path, FileState { stamp, objects, errors });
+        self.files.insert(
+            path,
+            FileState {
+                stamp,
+                objects,
+                errors,
+            },
+        );
     }
 
     /// Applies the union of every file's objects to the index; returns how many changed.
@@ -231,8 +242,14 @@ fn list_manifests(dir: &Path) -> std::io::Result<BTreeSet<PathBuf>> {
     let mut paths = BTreeSet::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-        let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        let yaml = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
         if yaml && !hidden && path.is_file() {
             paths.insert(path);
         }

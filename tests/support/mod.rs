@@ -98,7 +98,11 @@ impl TestServer {
     }
 
     /// Opens a `Get` stream with a context token.
-    pub async fn get_with_token(&self, path: &str, token: &str) -> Result<Streaming<pb::Update>, tonic::Status> {
+    pub async fn get_with_token(
+        &self,
+        path: &str,
+        token: &str,
+    ) -> Result<Streaming<pb::Update>, tonic::Status> {
         let req = pb::GetDestination {
             scheme: "k8s".into(),
             path: path.into(),
@@ -114,7 +118,12 @@ impl TestServer {
             path: path.into(),
             context_token: String::new(),
         };
-        self.client().await.get_profile(req).await.expect("GetProfile").into_inner()
+        self.client()
+            .await
+            .get_profile(req)
+            .await
+            .expect("GetProfile")
+            .into_inner()
     }
 
     /// An HTTP GET on the admin server: (status, body).
@@ -149,7 +158,9 @@ fn write_file(root: &Path, path: &str, text: &str) {
 /// A minimal HTTP/1.1 GET.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect admin");
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(req.as_bytes()).await.expect("send");
     let mut buf = Vec::new();
@@ -160,7 +171,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status line");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -240,7 +254,10 @@ pub fn decode(u: pb::Update) -> Msg {
 /// The set labels of the next update, which must be an add.
 pub async fn next_add_with_labels(
     stream: &mut Streaming<pb::Update>,
-) -> (Vec<pb::WeightedAddr>, std::collections::HashMap<String, String>) {
+) -> (
+    Vec<pb::WeightedAddr>,
+    std::collections::HashMap<String, String>,
+) {
     match next(stream).await.update.expect("update is set") {
         update::Update::Add(set) => (set.addrs, set.metric_labels),
         other => panic!("expected add, got {other:?}"),
@@ -254,9 +271,16 @@ fn sorted(mut v: Vec<SocketAddr>) -> Vec<SocketAddr> {
 
 /// A wire address as a socket address.
 pub fn socket_addr(a: &net::TcpAddress) -> SocketAddr {
-    let ip = match a.ip.as_ref().and_then(|ip| ip.ip.as_ref()).expect("ip is set") {
+    let ip = match a
+        .ip
+        .as_ref()
+        .and_then(|ip| ip.ip.as_ref())
+        .expect("ip is set")
+    {
         net::ip_address::Ip::Ipv4(v4) => IpAddr::V4(Ipv4Addr::from(*v4)),
-        net::ip_address::Ip::Ipv6(v6) => IpAddr::V6(Ipv6Addr::from((u128::from(v6.first) << 64) | u128::from(v6.last))),
+        net::ip_address::Ip::Ipv6(v6) => IpAddr::V6(Ipv6Addr::from(
+            (u128::from(v6.first) << 64) | u128::from(v6.last),
+        )),
     };
     SocketAddr::new(ip, u16::try_from(a.port).expect("port fits"))
 }
@@ -294,7 +318,13 @@ pub fn hint(a: &pb::WeightedAddr) -> Option<&'static str> {
 
 /// The opaque transport port, when set.
 pub fn opaque_port(a: &pb::WeightedAddr) -> Option<u32> {
-    Some(a.protocol_hint.as_ref()?.opaque_transport.as_ref()?.inbound_port)
+    Some(
+        a.protocol_hint
+            .as_ref()?
+            .opaque_transport
+            .as_ref()?
+            .inbound_port,
+    )
 }
 
 /// The endpoint with address `addr` in an add.
@@ -303,5 +333,10 @@ pub fn find<'a>(addrs: &'a [pb::WeightedAddr], addr: &str) -> &'a pb::WeightedAd
     addrs
         .iter()
         .find(|a| addr_of(a) == want)
-        .unwrap_or_else(|| panic!("{addr} not in {:?}", addrs.iter().map(addr_of).collect::<Vec<_>>()))
+        .unwrap_or_else(|| {
+            panic!(
+                "{addr} not in {:?}",
+                addrs.iter().map(addr_of).collect::<Vec<_>>()
+            )
+        })
 }

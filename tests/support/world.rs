@@ -9,7 +9,9 @@ pub fn service(ns: &str, name: &str, ports: &[(u16, &str, &str)]) -> String {
 pub fn service_with(ns: &str, name: &str, ports: &[(u16, &str, &str)], extra_spec: &str) -> String {
     let ports: String = ports
         .iter()
-        .map(|(port, target, pname)| format!("  - {{name: {pname}, port: {port}, targetPort: {target}}}\n"))
+        .map(|(port, target, pname)| {
+            format!("  - {{name: {pname}, port: {port}, targetPort: {target}}}\n")
+        })
         .collect();
     format!(
         "apiVersion: v1
@@ -60,7 +62,11 @@ impl Default for PodOpts<'_> {
 
 /// A pod as YAML.
 pub fn pod(o: &PodOpts) -> String {
-    let mesh_label = if o.meshed { "\n    linkerd.io/control-plane-ns: linkerd" } else { "" };
+    let mesh_label = if o.meshed {
+        "\n    linkerd.io/control-plane-ns: linkerd"
+    } else {
+        ""
+    };
     let annotations: String = o
         .annotations
         .iter()
@@ -71,7 +77,11 @@ pub fn pod(o: &PodOpts) -> String {
         .iter()
         .map(|(n, p)| format!("\n    - {{name: {n}, containerPort: {p}}}"))
         .collect();
-    let pod_ips: String = o.ips.iter().map(|ip| format!("\n  - ip: \"{ip}\"")).collect();
+    let pod_ips: String = o
+        .ips
+        .iter()
+        .map(|ip| format!("\n  - ip: \"{ip}\""))
+        .collect();
     let hostname = o
         .hostname
         .map(|h| format!("\n  hostname: {h}\n  subdomain: {}", o.app))

@@ -32,15 +32,15 @@ pub struct ObjectKey {
     pub name: String,
 }
 
-/// One object read from a manifest.
+/// One object read from a manifest (boxed: the kinds differ a lot in size).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
-    Namespace(Namespace),
-    Node(Node),
-    Pod(Pod),
-    Secret(Secret),
-    Service(Service),
-    EndpointSlice(EndpointSlice),
+    Namespace(Box<Namespace>),
+    Node(Box<Node>),
+    Pod(Box<Pod>),
+    Secret(Box<Secret>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
 }
 
 impl ObjectKey {
@@ -102,16 +102,21 @@ fn to_object(value: serde_yaml::Value) -> Result<Option<Object>, String> {
     let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_string);
     let api_version = field("apiVersion").ok_or("missing apiVersion")?;
     let kind = field("kind").ok_or("missing kind")?;
-    fn de<T: serde::de::DeserializeOwned>(value: serde_yaml::Value, what: &str) -> Result<T, String> {
+    fn de<T: serde::de::DeserializeOwned>(
+        value: serde_yaml::Value,
+        what: &str,
+    ) -> Result<T, String> {
         serde_yaml::from_value(value).map_err(|e| format!("invalid {what}: {e}"))
     }
     let obj = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Namespace") => Object::Namespace(de(value, "Namespace")?),
-        ("v1", "Node") => Object::Node(de(value, "Node")?),
-        ("v1", "Pod") => Object::Pod(de(value, "Pod")?),
-        ("v1", "Secret") => Object::Secret(de(value, "Secret")?),
-        ("v1", "Service") => Object::Service(de(value, "Service")?),
-        ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(de(value, "EndpointSlice")?),
+        ("v1", "Namespace") => Object::Namespace(Box::new(de(value, "Namespace")?)),
+        ("v1", "Node") => Object::Node(Box::new(de(value, "Node")?)),
+        ("v1", "Pod") => Object::Pod(Box::new(de(value, "Pod")?)),
+        ("v1", "Secret") => Object::Secret(Box::new(de(value, "Secret")?)),
+        ("v1", "Service") => Object::Service(Box::new(de(value, "Service")?)),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            Object::EndpointSlice(Box::new(de(value, "EndpointSlice")?))
+        }
         _ => {
             tracing::debug!(%api_version, %kind, "skipping a kind meshlink does not read");
             return Ok(None);
@@ -175,9 +180,15 @@ metadata: {}
         let (objects, errors) = parse_manifests(text);
         assert_eq!(objects.len(), 1, "{objects:?}");
         let key = objects.keys().next().unwrap();
-        assert_eq!((key.kind, key.namespace.as_str(), key.name.as_str()), (Kind::Service, "shop", "web"));
+        assert_eq!(
+            (key.kind, key.namespace.as_str(), key.name.as_str()),
+            (Kind::Service, "shop", "web")
+        );
         assert_eq!(errors.len(), 3, "{errors:?}");
-        assert!(errors[0].contains("document 3") && errors[0].contains("apiVersion"), "{errors:?}");
+        assert!(
+            errors[0].contains("document 3") && errors[0].contains("apiVersion"),
+            "{errors:?}"
+        );
         assert!(errors[1].contains("invalid Pod"), "{errors:?}");
         assert!(errors[2].contains("no metadata.name"), "{errors:?}");
     }
