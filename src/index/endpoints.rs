@@ -31,16 +31,15 @@ impl ClusterIndex {
         let target = svc_port
             .map(|p| p.target.clone())
             .unwrap_or(TargetPort::Number(port));
-        let port_name = svc_port.and_then(|p| p.name.as_deref());
+        // `None` when the service does not list the port: then the requested port is used.
+        let port_name: Option<Option<&str>> = svc_port.map(|p| p.name.as_deref());
 
         let mut found: Vec<(Option<&PodRef>, Endpoint)> = Vec::new();
         // Pods that have an IPv6 address here: their IPv4 addresses are dropped.
         let mut v6_pods: HashSet<&PodRef> = HashSet::new();
         for slice in self.slices.get(svc).into_iter().flat_map(|s| s.values()) {
-            let slice_port = slice
-                .ports
-                .iter()
-                .find(|(name, _)| name.as_deref() == port_name)
+            let slice_port = port_name
+                .and_then(|pn| slice.ports.iter().find(|(name, _)| name.as_deref() == pn))
                 .map(|(_, n)| *n)
                 .or(match target {
                     TargetPort::Number(n) => Some(n),

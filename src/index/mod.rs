@@ -295,6 +295,10 @@ impl ClusterIndex {
     /// Adds or updates an EndpointSlice.
     pub fn apply_endpoint_slice(&mut self, slice: &EndpointSlice) {
         let Some((owner, name, state)) = SliceState::from_k8s(slice) else {
+            // A slice that no longer names a service leaves the one it belonged to.
+            if let Some((ns, name)) = slice::slice_id(slice) {
+                self.delete_endpoint_slice(&ns, &name);
+            }
             return;
         };
         let id = (owner.namespace.clone(), name.clone());

@@ -5,7 +5,7 @@ pub mod cli;
 mod linked;
 mod serve;
 
-pub use serve::{Server, serve};
+pub use serve::{Server, serve, spawn_grpc};
 
 use anyhow::Result;
 

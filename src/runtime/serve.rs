@@ -124,8 +124,9 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
     );
     tokio::spawn(gc_lookups(Arc::clone(&clusters), shutdown_rx.clone()));
 
-    let destination = DestinationService::new(
-        Resolver::new(Arc::clone(&clusters)),
+    let grpc = spawn_grpc(
+        grpc_listener,
+        Arc::clone(&clusters),
         StreamSettings {
             cluster_domain: args.cluster_domain.clone(),
             default_opaque_ports,
@@ -133,36 +134,8 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
         },
         Arc::clone(&metrics),
         shutdown_rx.clone(),
-    );
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<DestinationServer<DestinationService>>()
-        .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("cannot build the reflection service")?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .context("cannot build the reflection service")?;
-
-    let mut grpc_shutdown = shutdown_rx.clone();
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .max_concurrent_streams(Some(100_000))
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(DestinationServer::new(destination))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-                let _ = grpc_shutdown.wait_for(|s| *s).await;
-            })
-            .instrument(info_span!("grpc")),
-    );
+    )
+    .await?;
     info!(%grpc_addr, %admin_addr, "serving");
     Ok(Server {
         grpc_addr,
@@ -187,4 +160,44 @@ async fn gc_lookups(clusters: Arc<ClusterSet>, mut shutdown: watch::Receiver<boo
             cluster.index.lock().gc();
         }
     }
+}
+
+/// Serves the destination API, health and reflection on `listener` until `shutdown`.
+pub async fn spawn_grpc(
+    listener: TcpListener,
+    clusters: Arc<ClusterSet>,
+    settings: StreamSettings,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<JoinHandle<Result<(), tonic::transport::Error>>> {
+    let destination =
+        DestinationService::new(Resolver::new(clusters), settings, metrics, shutdown.clone());
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<DestinationServer<DestinationService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("cannot build the reflection service")?;
+    let mut grpc_shutdown = shutdown;
+    Ok(tokio::spawn(
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(100_000))
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(DestinationServer::new(destination))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = grpc_shutdown.wait_for(|s| *s).await;
+            })
+            .instrument(info_span!("grpc")),
+    ))
 }
