@@ -6,14 +6,17 @@ use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if env::var_os("PROTOC").is_none() {
-        let protoc = protoc_bin_vendored::protoc_bin_path()
-            .map_err(|e| format!("no vendored protoc for this platform ({e}); set PROTOC to a protoc binary"))?;
+        let protoc = protoc_bin_vendored::protoc_bin_path().map_err(|e| {
+            format!("no vendored protoc for this platform ({e}); set PROTOC to a protoc binary")
+        })?;
         // SAFETY-free: build scripts are single-threaded when this runs.
         unsafe { env::set_var("PROTOC", protoc) };
     }
     let out = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .build_client(true)
+        // The server side is hand-framed (src/grpc/framing.rs); only messages and the client are generated.
+        .build_server(false)
         .file_descriptor_set_path(out.join("destination_descriptor.bin"))
         .compile_protos(
             &[

@@ -1,14 +1,27 @@
 //! `Get` and `GetProfile`: a task per stream that follows the resolver and sends diffs.
+//!
+//! The service is a plain tower service over HTTP requests so that each stream's
+//! messages are framed by [`framing`] (exact-size buffers) rather than tonic's encoder.
 
-use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use futures::Stream;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 use tracing::{Instrument, debug, info_span};
 
-use super::{convert, profile};
+use super::{
+    DESTINATION_SERVICE_NAME, convert,
+    framing::{self, Frame, MessageBody},
+    profile,
+};
 use crate::{
     index::AddrTarget,
     metrics::{Metrics, RpcLabels, UpdateLabels},
@@ -16,7 +29,7 @@ use crate::{
         Authority, ClientLocality, ContextToken, EndpointAddrs, PortSet, ServiceAuthority,
         ServiceRef, diff_endpoints,
     },
-    proto::destination::{self as pb, destination_server::Destination, update},
+    proto::destination::{self as pb, update},
     resolver::{EndpointStream, ResolveError, Resolver},
 };
 
@@ -40,8 +53,8 @@ pub struct DestinationService {
     shutdown: watch::Receiver<bool>,
 }
 
-type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::Update, Status>> + Send>>;
-type ProfileStream = Pin<Box<dyn Stream<Item = Result<pb::DestinationProfile, Status>> + Send>>;
+const GET_PATH: &str = "/io.linkerd.proxy.destination.Destination/Get";
+const GET_PROFILE_PATH: &str = "/io.linkerd.proxy.destination.Destination/GetProfile";
 
 /// Buffered messages per stream before the send timeout starts to count.
 const STREAM_BUFFER: usize = 4;
@@ -86,16 +99,27 @@ fn resolve_status(e: ResolveError) -> Status {
     }
 }
 
-#[tonic::async_trait]
-impl Destination for DestinationService {
-    type GetStream = UpdateStream;
-    type GetProfileStream = ProfileStream;
+impl DestinationService {
+    async fn route(self, req: http::Request<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+        let path = req.uri().path().to_string();
+        let result = match path.as_str() {
+            GET_PATH => match framing::decode_request(req.into_body()).await {
+                Ok(msg) => self.get(msg).await,
+                Err(status) => Err(status),
+            },
+            GET_PROFILE_PATH => match framing::decode_request(req.into_body()).await {
+                Ok(msg) => self.get_profile(msg),
+                Err(status) => Err(status),
+            },
+            _ => Err(Status::unimplemented(format!("{path} is not a method of {DESTINATION_SERVICE_NAME}"))),
+        };
+        match result {
+            Ok(body) => body.into_response(),
+            Err(status) => status.into_http(),
+        }
+    }
 
-    async fn get(
-        &self,
-        req: Request<pb::GetDestination>,
-    ) -> Result<Response<UpdateStream>, Status> {
-        let req = req.into_inner();
+    async fn get(&self, req: pb::GetDestination) -> Result<MessageBody, Status> {
         let authority = match self.parse(&req)? {
             Authority::Service(s) => s,
             Authority::Ip(addr) => {
@@ -119,18 +143,14 @@ impl Destination for DestinationService {
             tx,
             settings: Arc::clone(&self.settings),
             metrics: Arc::clone(&self.metrics),
-            local_cluster: self.resolver.clusters().local().name.to_string(),
+            local_cluster: Arc::clone(&self.resolver.clusters().local().name),
         };
         let span = info_span!("get", authority = %req.path);
         tokio::spawn(task.run(first, self.shutdown.clone()).instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(MessageBody::new(rx))
     }
 
-    async fn get_profile(
-        &self,
-        req: Request<pb::GetDestination>,
-    ) -> Result<Response<ProfileStream>, Status> {
-        let req = req.into_inner();
+    fn get_profile(&self, req: pb::GetDestination) -> Result<MessageBody, Status> {
         let authority = self.parse(&req)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let task = ProfileTask {
@@ -142,24 +162,35 @@ impl Destination for DestinationService {
         let span = info_span!("get_profile", authority = %req.path);
         match authority {
             Authority::Service(s) => {
-                let svc_rx = index
-                    .lock()
-                    .service_rx(&ServiceRef::new(&s.namespace, &s.service));
-                tokio::spawn(
-                    task.run_service(s, svc_rx, self.shutdown.clone())
-                        .instrument(span),
-                );
+                let svc_rx = index.lock().service_rx(&ServiceRef::new(&s.namespace, &s.service));
+                tokio::spawn(task.run_service(s, svc_rx, self.shutdown.clone()).instrument(span));
             }
             Authority::Ip(addr) => {
                 let addr_rx = index.lock().addr_rx(addr);
-                tokio::spawn(
-                    task.run_addr(addr, addr_rx, self.shutdown.clone())
-                        .instrument(span),
-                );
+                tokio::spawn(task.run_addr(addr, addr_rx, self.shutdown.clone()).instrument(span));
             }
         }
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(MessageBody::new(rx))
     }
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for DestinationService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.route(req).await) })
+    }
+}
+
+impl tonic::server::NamedService for DestinationService {
+    const NAME: &'static str = DESTINATION_SERVICE_NAME;
 }
 
 /// Counts a stream as open for as long as it lives.
@@ -195,13 +226,13 @@ enum SendError {
     TimedOut,
 }
 
-async fn send<T>(
-    tx: &mpsc::Sender<Result<T, Status>>,
-    msg: T,
+async fn send<M: prost::Message>(
+    tx: &mpsc::Sender<Frame>,
+    msg: &M,
     timeout: Duration,
     metrics: &Metrics,
 ) -> Result<(), SendError> {
-    match tx.send_timeout(Ok(msg), timeout).await {
+    match tx.send_timeout(Frame::Message(framing::encode(msg)), timeout).await {
         Ok(()) => Ok(()),
         Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(SendError::Closed),
         Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
@@ -214,10 +245,10 @@ async fn send<T>(
 struct EndpointTask {
     stream: EndpointStream,
     client: ClientLocality,
-    tx: mpsc::Sender<Result<pb::Update, Status>>,
+    tx: mpsc::Sender<Frame>,
     settings: Arc<StreamSettings>,
     metrics: Arc<Metrics>,
-    local_cluster: String,
+    local_cluster: Arc<str>,
 }
 
 impl EndpointTask {
@@ -234,7 +265,7 @@ impl EndpointTask {
             let set = match next.take() {
                 Some(Ok(set)) => set,
                 Some(Err(e)) => {
-                    let _ = self.tx.send(Err(resolve_status(e))).await;
+                    let _ = self.tx.send(Frame::End(Box::new(resolve_status(e)))).await;
                     return;
                 }
                 None => return,
@@ -272,7 +303,7 @@ impl EndpointTask {
                     Some(update::Update::Remove(_)) => "remove",
                     _ => "no_endpoints",
                 };
-                match send(&self.tx, u, self.settings.send_timeout, &self.metrics).await {
+                match send(&self.tx, &u, self.settings.send_timeout, &self.metrics).await {
                     Ok(()) => {
                         self.metrics
                             .updates_sent
@@ -282,9 +313,9 @@ impl EndpointTask {
                     Err(SendError::Closed) => return,
                     Err(SendError::TimedOut) => {
                         debug!("client stopped reading; resetting the stream");
-                        let _ = self.tx.try_send(Err(Status::deadline_exceeded(
+                        let _ = self.tx.try_send(Frame::End(Box::new(Status::deadline_exceeded(
                             "client did not read updates",
-                        )));
+                        ))));
                         return;
                     }
                 }
@@ -300,7 +331,7 @@ impl EndpointTask {
 }
 
 struct ProfileTask {
-    tx: mpsc::Sender<Result<pb::DestinationProfile, Status>>,
+    tx: mpsc::Sender<Frame>,
     settings: Arc<StreamSettings>,
     metrics: Arc<Metrics>,
 }
@@ -356,7 +387,7 @@ impl ProfileTask {
             if last.as_ref() != Some(&profile) {
                 if send(
                     &self.tx,
-                    profile.clone(),
+                    &profile,
                     self.settings.send_timeout,
                     &self.metrics,
                 )

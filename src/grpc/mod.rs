@@ -2,6 +2,7 @@
 
 pub mod convert;
 mod destination;
+pub mod framing;
 mod profile;
 
 pub use destination::{DestinationService, StreamSettings};

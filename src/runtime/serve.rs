@@ -13,7 +13,7 @@ use crate::{
     index::{ClusterHandle, ClusterIndex, ClusterSet, IndexConfig},
     metrics::Metrics,
     model::PortSet,
-    proto::{self, destination::destination_server::DestinationServer},
+    proto,
     resolver::Resolver,
     sources::manifests::ManifestSource,
 };
@@ -174,7 +174,7 @@ pub async fn spawn_grpc(
         DestinationService::new(Resolver::new(clusters), settings, metrics, shutdown.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<DestinationServer<DestinationService>>()
+        .set_serving::<DestinationService>()
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -194,7 +194,7 @@ pub async fn spawn_grpc(
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(DestinationServer::new(destination))
+            .add_service(destination)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = grpc_shutdown.wait_for(|s| *s).await;
             })
