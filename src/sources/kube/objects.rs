@@ -1,0 +1,302 @@
+//! The kinds the Kubernetes source watches: how each is trimmed to what the index reads,
+//! and how its watch events become index calls.
+
+use std::collections::BTreeMap;
+
+use kube::runtime::watcher::Event;
+
+use crate::{
+    index::ClusterIndex,
+    k8s::{EndpointSlice, Node, ObjectMeta, Pod, Secret, Service, labels},
+};
+
+/// Annotation `kubectl apply` writes: a copy of the whole object, never read by the index.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A resource kind the index reads, with its `apply_*`/`delete_*`/`reset_*`.
+pub trait Indexed:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// The kind's name in logs and errors.
+    const KIND: &'static str;
+
+    /// Drops everything the index never reads, so held objects stay small.
+    fn trim(self) -> Self;
+    fn apply(index: &mut ClusterIndex, obj: &Self);
+    fn delete(index: &mut ClusterIndex, obj: &Self);
+    fn reset(index: &mut ClusterIndex, objs: &[Self]);
+}
+
+fn name_of(meta: &ObjectMeta) -> (&str, &str) {
+    (
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// Metadata without managed fields and the last-applied copy.
+fn trim_meta(mut meta: ObjectMeta) -> ObjectMeta {
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+    meta
+}
+
+/// Only the named keys of a label or annotation map.
+fn keep_keys(
+    map: Option<BTreeMap<String, String>>,
+    keys: &[&str],
+) -> Option<BTreeMap<String, String>> {
+    let kept: BTreeMap<String, String> = map?
+        .into_iter()
+        .filter(|(k, _)| keys.contains(&k.as_str()))
+        .collect();
+    (!kept.is_empty()).then_some(kept)
+}
+
+// === impl Indexed for Service ===
+
+impl Indexed for Service {
+    const KIND: &'static str = "Service";
+
+    fn trim(self) -> Self {
+        Service {
+            metadata: trim_meta(self.metadata),
+            spec: self.spec,
+            status: None,
+        }
+    }
+    fn apply(index: &mut ClusterIndex, obj: &Self) {
+        index.apply_service(obj);
+    }
+    fn delete(index: &mut ClusterIndex, obj: &Self) {
+        let (ns, name) = name_of(&obj.metadata);
+        index.delete_service(ns, name);
+    }
+    fn reset(index: &mut ClusterIndex, objs: &[Self]) {
+        index.reset_services(objs);
+    }
+}
+
+// === impl Indexed for EndpointSlice ===
+
+impl Indexed for EndpointSlice {
+    const KIND: &'static str = "EndpointSlice";
+
+    fn trim(mut self) -> Self {
+        self.metadata = trim_meta(self.metadata);
+        self
+    }
+    fn apply(index: &mut ClusterIndex, obj: &Self) {
+        index.apply_endpoint_slice(obj);
+    }
+    fn delete(index: &mut ClusterIndex, obj: &Self) {
+        let (ns, name) = name_of(&obj.metadata);
+        index.delete_endpoint_slice(ns, name);
+    }
+    fn reset(index: &mut ClusterIndex, objs: &[Self]) {
+        index.reset_endpoint_slices(objs);
+    }
+}
+
+// === impl Indexed for Pod ===
+
+impl Indexed for Pod {
+    const KIND: &'static str = "Pod";
+
+    /// Keeps what endpoint attributes come from (see `index::PodInfo`): labels, the
+    /// port annotations, the controller, the service account, the node, container
+    /// ports, the proxy's inbound listener, and the pod IPs.
+    fn trim(self) -> Self {
+        use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+
+        let meta = self.metadata;
+        let metadata = ObjectMeta {
+            name: meta.name,
+            namespace: meta.namespace,
+            labels: meta.labels,
+            annotations: keep_keys(
+                meta.annotations,
+                &[labels::OPAQUE_PORTS, labels::SKIP_INBOUND_PORTS],
+            ),
+            owner_references: meta
+                .owner_references
+                .map(|o| o.into_iter().filter(|o| o.controller == Some(true)).collect()),
+            ..ObjectMeta::default()
+        };
+        let trim_container = |c: Container| {
+            let proxy = c.name == labels::PROXY_CONTAINER;
+            Container {
+                env: c
+                    .env
+                    .filter(|_| proxy)
+                    .map(|env| {
+                        env.into_iter()
+                            .filter(|e| e.name == labels::PROXY_INBOUND_LISTEN_ADDR_ENV)
+                            .collect()
+                    }),
+                ports: c.ports,
+                name: c.name,
+                ..Container::default()
+            }
+        };
+        let spec = self.spec.map(|s| PodSpec {
+            containers: s.containers.into_iter().map(trim_container).collect(),
+            init_containers: s
+                .init_containers
+                .map(|cs| cs.into_iter().map(trim_container).collect()),
+            service_account_name: s.service_account_name,
+            node_name: s.node_name,
+            ..PodSpec::default()
+        });
+        let status = self.status.map(|s| PodStatus {
+            pod_ip: s.pod_ip,
+            pod_ips: s.pod_ips,
+            ..PodStatus::default()
+        });
+        Pod {
+            metadata,
+            spec,
+            status,
+        }
+    }
+    fn apply(index: &mut ClusterIndex, obj: &Self) {
+        index.apply_pod(obj);
+    }
+    fn delete(index: &mut ClusterIndex, obj: &Self) {
+        let (ns, name) = name_of(&obj.metadata);
+        index.delete_pod(ns, name);
+    }
+    fn reset(index: &mut ClusterIndex, objs: &[Self]) {
+        index.reset_pods(objs);
+    }
+}
+
+// === impl Indexed for Node ===
+
+impl Indexed for Node {
+    const KIND: &'static str = "Node";
+
+    /// Only the name and the zone label matter.
+    fn trim(self) -> Self {
+        Node {
+            metadata: ObjectMeta {
+                name: self.metadata.name,
+                labels: keep_keys(self.metadata.labels, &[labels::TOPOLOGY_ZONE]),
+                ..ObjectMeta::default()
+            },
+            spec: None,
+            status: None,
+        }
+    }
+    fn apply(index: &mut ClusterIndex, obj: &Self) {
+        index.apply_node(obj);
+    }
+    fn delete(index: &mut ClusterIndex, obj: &Self) {
+        index.delete_node(obj.metadata.name.as_deref().unwrap_or_default());
+    }
+    fn reset(index: &mut ClusterIndex, objs: &[Self]) {
+        index.reset_nodes(objs);
+    }
+}
+
+// === impl Indexed for Secret ===
+
+impl Indexed for Secret {
+    const KIND: &'static str = "Secret";
+
+    /// Only the kubeconfig of a credentials Secret is read.
+    fn trim(self) -> Self {
+        Secret {
+            metadata: trim_meta(self.metadata),
+            data: self.data.map(|d| {
+                d.into_iter()
+                    .filter(|(k, _)| k == labels::KUBECONFIG_KEY)
+                    .collect()
+            }),
+            type_: self.type_,
+            immutable: self.immutable,
+            string_data: None,
+        }
+    }
+    fn apply(index: &mut ClusterIndex, obj: &Self) {
+        index.apply_secret(obj);
+    }
+    fn delete(index: &mut ClusterIndex, obj: &Self) {
+        let (ns, name) = name_of(&obj.metadata);
+        index.delete_secret(ns, name);
+    }
+    fn reset(index: &mut ClusterIndex, objs: &[Self]) {
+        index.reset_secrets(objs);
+    }
+}
+
+/// Turns one watcher's events into index calls: a relist (`Init`, `InitApply`*,
+/// `InitDone`) is buffered and applied as one `reset_*`, so objects deleted while the
+/// watch was down leave the index.
+#[derive(Debug)]
+pub struct EventBuffer<K> {
+    relist: Option<Vec<K>>,
+}
+
+impl<K> Default for EventBuffer<K> {
+    fn default() -> Self {
+        Self { relist: None }
+    }
+}
+
+/// What an event did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// A full list is in: the index holds exactly the cluster's objects of this kind.
+    Listed,
+    /// A relist started or went on.
+    Listing,
+    /// One object changed.
+    Changed,
+}
+
+impl<K: Indexed> EventBuffer<K> {
+    /// Applies one event to `index`.
+    pub fn handle(&mut self, index: &mut ClusterIndex, event: Event<K>) -> Handled {
+        match event {
+            Event::Init => {
+                self.relist = Some(Vec::new());
+                Handled::Listing
+            }
+            Event::InitApply(obj) => {
+                let obj = obj.trim();
+                match self.relist.as_mut() {
+                    Some(buffer) => {
+                        buffer.push(obj);
+                        Handled::Listing
+                    }
+                    None => {
+                        K::apply(index, &obj);
+                        Handled::Changed
+                    }
+                }
+            }
+            Event::InitDone => {
+                let objs = self.relist.take().unwrap_or_default();
+                K::reset(index, &objs);
+                Handled::Listed
+            }
+            Event::Apply(obj) => {
+                K::apply(index, &obj.trim());
+                Handled::Changed
+            }
+            Event::Delete(obj) => {
+                K::delete(index, &obj);
+                Handled::Changed
+            }
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The event translation and trimming of the Kubernetes source, without an API server.
+
+use std::{sync::Arc, time::Duration};
+
+use kube::runtime::watcher::Event;
+use serde_json::json;
+
+use super::{Backoff, EventBuffer, Handled, Health, Indexed, MAX_BACKOFF, MIN_BACKOFF};
+use crate::{
+    index::{ClusterIndex, ClusterStatus, IndexConfig},
+    k8s::{EndpointSlice, Node, Pod, Secret, Service},
+    model::PortSet,
+};
+
+fn mk_config() -> IndexConfig {
+    IndexConfig {
+        cluster_name: Arc::from("local"),
+        cluster_domain: "cluster.local".into(),
+        trust_domain: "cluster.local".into(),
+        control_plane_ns: "linkerd".into(),
+        default_opaque_ports: Arc::new(PortSet::parse_strict("25,3306").unwrap()),
+    }
+}
+
+fn mk_service(name: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "ns", "name": name},
+        "spec": {"ports": [{"port": 80}]},
+    }))
+    .unwrap()
+}
+
+/// A pod with everything a real one carries, most of which the index never reads.
+fn mk_full_pod() -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {
+            "namespace": "ns", "name": "web-7d9c-abcde", "uid": "u1", "resourceVersion": "42",
+            "labels": {"app": "web", "pod-template-hash": "7d9c", "linkerd.io/control-plane-ns": "linkerd"},
+            "annotations": {
+                "config.linkerd.io/opaque-ports": "3306,http-alt",
+                "config.linkerd.io/skip-inbound-ports": "9090",
+                "kubectl.kubernetes.io/last-applied-configuration": "{\"huge\": true}",
+                "linkerd.io/proxy-version": "edge",
+            },
+            "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9c", "uid": "r1", "controller": true},
+                {"apiVersion": "v1", "kind": "Other", "name": "x", "uid": "o1"},
+            ],
+            "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {}}],
+        },
+        "spec": {
+            "serviceAccountName": "web",
+            "nodeName": "node-a",
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [
+                {"name": "app", "image": "web:1", "args": ["--big"], "ports": [
+                    {"name": "http", "containerPort": 8080},
+                    {"name": "http-alt", "containerPort": 8081},
+                ], "env": [{"name": "SECRET", "value": "x"}]},
+                {"name": "linkerd-proxy", "image": "proxy", "env": [
+                    {"name": "LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "value": "0.0.0.0:4444"},
+                    {"name": "LINKERD2_PROXY_LOG", "value": "info"},
+                ]},
+            ],
+            "initContainers": [{"name": "init", "image": "init", "ports": [{"name": "metrics", "containerPort": 9090}]}],
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": "10.0.0.1",
+            "podIPs": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": "app", "image": "web:1", "imageID": "sha", "ready": true, "restartCount": 0}],
+        },
+    }))
+    .unwrap()
+}
+
+fn mk_node(name: &str, zone: &str) -> Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {
+            "topology.kubernetes.io/zone": zone,
+            "kubernetes.io/hostname": name,
+        }},
+        "status": {"images": [{"names": ["a/very/large:image"], "sizeBytes": 1}]},
+    }))
+    .unwrap()
+}
+
+/// What the index serves for the pod of `mk_full_pod` on each of its ports.
+fn served(pod: &Pod) -> Vec<String> {
+    let mut index = ClusterIndex::new(mk_config());
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"namespace": "ns", "name": "web"},
+        "spec": {"ports": [
+            {"name": "a", "port": 80, "targetPort": "http"},
+            {"name": "b", "port": 81, "targetPort": 8081},
+            {"name": "c", "port": 82, "targetPort": 9090},
+        ]},
+    }))
+    .unwrap();
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"namespace": "ns", "name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "a", "port": 8080}, {"name": "b", "port": 8081}, {"name": "c", "port": 9090}],
+        "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true},
+                       "targetRef": {"kind": "Pod", "namespace": "ns", "name": "web-7d9c-abcde"}}],
+    }))
+    .unwrap();
+    index.apply_node(&mk_node("node-a", "zone-1"));
+    index.apply_pod(pod);
+    index.apply_service(&svc);
+    index.apply_endpoint_slice(&slice);
+    let web = crate::model::ServiceRef::new("ns", "web");
+    let mut out: Vec<String> = [80, 81, 82]
+        .into_iter()
+        .map(|port| format!("{:?}", index.endpoints_rx(&web, port).borrow()))
+        .collect();
+    for port in [8080, 8081, 9090] {
+        let addr = std::net::SocketAddr::from(([10, 0, 0, 1], port));
+        out.push(format!("{:?}", index.addr_rx(addr).borrow()));
+    }
+    out
+}
+
+#[test]
+fn trimmed_pods_describe_the_same_endpoints() {
+    let pod = mk_full_pod();
+    let trimmed = pod.clone().trim();
+    let (full, lean) = (served(&pod), served(&trimmed));
+    assert!(full[0].contains("web.ns.serviceaccount"), "{}", full[0]);
+    assert_eq!(full, lean);
+    let spec = trimmed.spec.as_ref().unwrap();
+    assert!(spec.volumes.is_none());
+    assert_eq!(spec.containers[0].image, None);
+    assert_eq!(spec.containers[0].env, None, "only the proxy's env is kept");
+    assert_eq!(
+        spec.containers[1].env.as_ref().unwrap().len(),
+        1,
+        "only the inbound listener of the proxy is kept"
+    );
+    let meta = &trimmed.metadata;
+    assert!(meta.managed_fields.is_none());
+    assert_eq!(meta.annotations.as_ref().unwrap().len(), 2);
+    assert_eq!(meta.owner_references.as_ref().unwrap().len(), 1);
+    let status = trimmed.status.as_ref().unwrap();
+    assert!(status.conditions.is_none() && status.container_statuses.is_none());
+}
+
+#[test]
+fn trimmed_nodes_keep_only_their_zone() {
+    let node = mk_node("node-a", "zone-1").trim();
+    assert_eq!(node.metadata.labels.as_ref().unwrap().len(), 1);
+    assert!(node.status.is_none());
+    let mut index = ClusterIndex::new(mk_config());
+    Node::apply(&mut index, &node);
+    assert_eq!(index.node_zone("node-a").as_deref(), Some("zone-1"));
+}
+
+#[test]
+fn trimmed_secrets_keep_only_the_kubeconfig() {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"namespace": "linkerd", "name": "s", "managedFields": []},
+        "type": "mirror.linkerd.io/remote-kubeconfig",
+        "data": {"kubeconfig": "YQ==", "other": "Yg=="},
+    }))
+    .unwrap();
+    let trimmed = secret.trim();
+    assert!(trimmed.metadata.managed_fields.is_none());
+    let keys: Vec<_> = trimmed.data.unwrap().into_keys().collect();
+    assert_eq!(keys, ["kubeconfig"]);
+}
+
+#[test]
+fn trimmed_services_and_slices_drop_managed_fields() {
+    let mut svc = mk_service("web");
+    svc.metadata.managed_fields = Some(vec![Default::default()]);
+    assert!(svc.trim().metadata.managed_fields.is_none());
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"namespace": "ns", "name": "web-1", "managedFields": [{}],
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.0.0.1"]}],
+    }))
+    .unwrap();
+    let trimmed = slice.trim();
+    assert!(trimmed.metadata.managed_fields.is_none());
+    assert_eq!(trimmed.endpoints.map(|e| e.len()), Some(1));
+}
+
+#[test]
+fn a_relist_replaces_the_kind_at_init_done() {
+    let mut index = ClusterIndex::new(mk_config());
+    let mut buffer = EventBuffer::<Service>::default();
+    let events = [
+        Event::Init,
+        Event::InitApply(mk_service("a")),
+        Event::InitApply(mk_service("b")),
+    ];
+    for e in events {
+        assert_eq!(buffer.handle(&mut index, e), Handled::Listing);
+    }
+    assert_eq!(index.counts().services, 0, "nothing applied before InitDone");
+    assert_eq!(buffer.handle(&mut index, Event::InitDone), Handled::Listed);
+    assert_eq!(index.counts().services, 2);
+
+    assert_eq!(
+        buffer.handle(&mut index, Event::Apply(mk_service("c"))),
+        Handled::Changed
+    );
+    assert_eq!(
+        buffer.handle(&mut index, Event::Delete(mk_service("a"))),
+        Handled::Changed
+    );
+    assert_eq!(index.counts().services, 2);
+
+    // A relist after a broken watch: "b" was deleted meanwhile, "d" created.
+    let mut buffer = EventBuffer::<Service>::default();
+    for e in [
+        Event::Init,
+        Event::InitApply(mk_service("c")),
+        Event::InitApply(mk_service("d")),
+    ] {
+        buffer.handle(&mut index, e);
+    }
+    assert_eq!(index.counts().services, 2, "old objects serve until the list is in");
+    buffer.handle(&mut index, Event::InitDone);
+    assert_eq!(index.counts().services, 2);
+    let mut b = index.service_rx(&crate::model::ServiceRef::new("ns", "b"));
+    assert!(b.borrow_and_update().is_none());
+    let mut d = index.service_rx(&crate::model::ServiceRef::new("ns", "d"));
+    assert!(d.borrow_and_update().is_some());
+}
+
+#[test]
+fn an_empty_relist_removes_everything() {
+    let mut index = ClusterIndex::new(mk_config());
+    let mut buffer = EventBuffer::<Node>::default();
+    buffer.handle(&mut index, Event::Apply(mk_node("n1", "z")));
+    assert_eq!(index.counts().nodes, 1);
+    buffer.handle(&mut index, Event::Init);
+    buffer.handle(&mut index, Event::InitDone);
+    assert_eq!(index.counts().nodes, 0);
+}
+
+#[test]
+fn pods_are_deleted_by_name() {
+    let mut index = ClusterIndex::new(mk_config());
+    let mut buffer = EventBuffer::<Pod>::default();
+    buffer.handle(&mut index, Event::Apply(mk_full_pod()));
+    assert_eq!(index.counts().pods, 1);
+    buffer.handle(&mut index, Event::Delete(mk_full_pod()));
+    assert_eq!(index.counts().pods, 0);
+}
+
+#[test]
+fn synced_once_every_kind_was_listed_and_stale_while_one_fails() {
+    let status = Arc::new(ClusterStatus::default());
+    let health = Health::new(Arc::clone(&status), ["Service", "Pod"]);
+    health.listed("Service");
+    assert!(!status.is_synced());
+    health.failed("Pod", "connection refused", Duration::from_secs(1));
+    assert!(status.is_stale());
+    health.listed("Pod");
+    assert!(status.is_synced());
+    assert!(!status.is_stale());
+
+    health.failed("Service", "gone", Duration::from_secs(1));
+    health.failed("Pod", "refused", Duration::from_secs(1));
+    health.listed("Service");
+    assert!(status.is_stale(), "Pods still fail");
+    assert_eq!(status.last_error().as_deref(), Some("Pod: refused"));
+    health.listed("Pod");
+    assert!(!status.is_stale());
+    assert!(status.is_synced(), "a synced cluster stays synced");
+}
+
+#[test]
+fn backoff_grows_to_its_cap_and_resets() {
+    let mut b = Backoff::default();
+    let first = b.next_delay();
+    assert!(first >= MIN_BACKOFF / 2 && first <= MIN_BACKOFF);
+    for _ in 0..20 {
+        assert!(b.next_delay() <= MAX_BACKOFF);
+    }
+    assert!(b.next_delay() >= MAX_BACKOFF / 2);
+    b.reset();
+    assert!(b.next_delay() <= MIN_BACKOFF);
+}
