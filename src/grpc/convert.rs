@@ -48,6 +48,9 @@ pub fn to_weighted_addr(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    if let Some(pod) = &e.pod {
+        metric_labels.insert("pod".into(), pod.to_string());
+    }
     metric_labels.insert(
         "zone".into(),
         e.zone.as_deref().unwrap_or_default().to_string(),

@@ -121,9 +121,10 @@ pub(super) fn pod_endpoint(
         hint,
         authority_override: None,
         hostname: None,
-        node_name: pod.node_name.as_deref().map(Arc::from),
+        node_name: pod.node_name.clone(),
         zone,
         hint_zones: None,
+        pod: Some(Arc::clone(&pod.name)),
         labels: Arc::clone(&pod.labels),
         cluster: Arc::clone(&config.cluster_name),
     }
@@ -139,6 +140,7 @@ fn bare_endpoint(config: &IndexConfig, addr: SocketAddr) -> Endpoint {
         node_name: None,
         zone: None,
         hint_zones: None,
+        pod: None,
         labels: Default::default(),
         cluster: Arc::clone(&config.cluster_name),
     }

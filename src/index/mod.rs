@@ -7,6 +7,7 @@
 
 mod clusters;
 mod endpoints;
+mod intern;
 mod links;
 mod pod;
 mod service;
@@ -52,8 +53,8 @@ pub struct IndexConfig {
     pub default_opaque_ports: Arc<PortSet>,
 }
 
-/// A namespaced pod name.
-pub type PodRef = (String, String);
+/// A pod's key: `namespace/name`, shared by every structure that refers to the pod.
+pub type PodRef = Arc<str>;
 
 /// What an IP address and port are, for `GetProfile`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,15 +83,16 @@ pub struct ClusterIndex {
     config: IndexConfig,
     services: HashMap<ServiceRef, ServiceState>,
     /// Slices by owning service, then by slice name.
-    slices: HashMap<ServiceRef, BTreeMap<String, SliceState>>,
+    slices: HashMap<Arc<ServiceRef>, BTreeMap<String, SliceState>>,
     /// Slice (namespace, name) to its service, so deletes by name find it.
-    slice_owners: HashMap<(String, String), ServiceRef>,
+    slice_owners: HashMap<(String, String), Arc<ServiceRef>>,
     pods: HashMap<PodRef, Arc<PodInfo>>,
     /// Services whose slices reference a pod, with how many endpoints do.
-    pod_services: HashMap<PodRef, HashMap<ServiceRef, usize>>,
+    pod_services: HashMap<PodRef, Vec<(Arc<ServiceRef>, u32)>>,
     pod_ips: HashMap<IpAddr, PodRef>,
     cluster_ips: HashMap<IpAddr, ServiceRef>,
     node_zones: HashMap<String, Option<Arc<str>>>,
+    interner: intern::Interner,
     links: links::LinkState,
     lookups: HashMap<ServiceRef, HashMap<u16, watch::Sender<Arc<PortSnapshot>>>>,
     service_watches: HashMap<ServiceRef, watch::Sender<Option<Arc<ServiceInfo>>>>,
@@ -113,6 +115,7 @@ impl ClusterIndex {
             pod_ips: HashMap::new(),
             cluster_ips: HashMap::new(),
             node_zones: HashMap::new(),
+            interner: intern::Interner::default(),
             links,
             lookups: HashMap::new(),
             service_watches: HashMap::new(),
@@ -294,7 +297,7 @@ impl ClusterIndex {
 
     /// Adds or updates an EndpointSlice.
     pub fn apply_endpoint_slice(&mut self, slice: &EndpointSlice) {
-        let Some((owner, name, state)) = SliceState::from_k8s(slice) else {
+        let Some((owner, name, mut state)) = SliceState::from_k8s(slice, &mut self.interner) else {
             // A slice that no longer names a service leaves the one it belonged to.
             if let Some((ns, name)) = slice::slice_id(slice) {
                 self.delete_endpoint_slice(&ns, &name);
@@ -303,21 +306,28 @@ impl ClusterIndex {
         };
         let id = (owner.namespace.clone(), name.clone());
         // A slice that moved to another service (label edit) leaves the old one.
-        if let Some(prev_owner) = self.slice_owners.get(&id).cloned()
-            && prev_owner != owner
-        {
+        if self.slice_owners.get(&id).is_some_and(|prev| **prev != owner) {
             self.delete_endpoint_slice(&id.0, &id.1);
         }
-        let slices = self.slices.entry(owner.clone()).or_default();
+        // Refer to pods by the keys the pod map already holds.
+        for ep in &mut state.endpoints {
+            if let Some(pod) = ep.pod.as_mut() {
+                if let Some((key, _)) = self.pods.get_key_value(&**pod) {
+                    *pod = Arc::clone(key);
+                }
+            }
+        }
+        let owner: Arc<ServiceRef> = match self.slices.get_key_value(&owner) {
+            Some((key, _)) => Arc::clone(key),
+            None => Arc::new(owner),
+        };
+        let slices = self.slices.entry(Arc::clone(&owner)).or_default();
         if slices.get(&name) == Some(&state) {
             return;
         }
         let new_pods = state.pod_refs();
-        let old_pods = slices
-            .insert(name, state)
-            .map(|s| s.pod_refs())
-            .unwrap_or_default();
-        self.slice_owners.insert(id, owner.clone());
+        let old_pods = slices.insert(name, state).map(|s| s.pod_refs()).unwrap_or_default();
+        self.slice_owners.insert(id, Arc::clone(&owner));
         self.track_pod_refs(&owner, &old_pods, &new_pods);
         self.refresh_service(&owner);
     }
@@ -328,9 +338,9 @@ impl ClusterIndex {
         let Some(owner) = self.slice_owners.remove(&id) else {
             return;
         };
-        let removed = self.slices.get_mut(&owner).and_then(|s| s.remove(name));
-        if self.slices.get(&owner).is_some_and(BTreeMap::is_empty) {
-            self.slices.remove(&owner);
+        let removed = self.slices.get_mut(&*owner).and_then(|s| s.remove(name));
+        if self.slices.get(&*owner).is_some_and(BTreeMap::is_empty) {
+            self.slices.remove(&*owner);
         }
         if let Some(old) = removed {
             self.track_pod_refs(&owner, &old.pod_refs(), &[]);
@@ -355,21 +365,20 @@ impl ClusterIndex {
         }
     }
 
-    fn track_pod_refs(&mut self, svc: &ServiceRef, old: &[PodRef], new: &[PodRef]) {
+    fn track_pod_refs(&mut self, svc: &Arc<ServiceRef>, old: &[PodRef], new: &[PodRef]) {
         for pod in new {
-            *self
-                .pod_services
-                .entry(pod.clone())
-                .or_default()
-                .entry(svc.clone())
-                .or_default() += 1;
+            let svcs = self.pod_services.entry(Arc::clone(pod)).or_default();
+            match svcs.iter_mut().find(|(s, _)| s == svc) {
+                Some((_, n)) => *n += 1,
+                None => svcs.push((Arc::clone(svc), 1)),
+            }
         }
         for pod in old {
             if let Some(svcs) = self.pod_services.get_mut(pod) {
-                if let Some(n) = svcs.get_mut(svc) {
-                    *n -= 1;
-                    if *n == 0 {
-                        svcs.remove(svc);
+                if let Some(pos) = svcs.iter().position(|(s, _)| s == svc) {
+                    svcs[pos].1 -= 1;
+                    if svcs[pos].1 == 0 {
+                        svcs.swap_remove(pos);
                     }
                 }
                 if svcs.is_empty() {
@@ -383,10 +392,10 @@ impl ClusterIndex {
 
     /// Adds or updates a Pod.
     pub fn apply_pod(&mut self, pod: &Pod) {
-        let Some(info) = PodInfo::from_k8s(pod, &self.config) else {
+        let Some(info) = PodInfo::from_k8s(pod, &self.config, &mut self.interner) else {
             return;
         };
-        let key = (info.namespace.clone(), info.name.clone());
+        let key = Arc::clone(&info.key);
         if self.pods.get(&key).is_some_and(|p| **p == info) {
             return;
         }
@@ -396,7 +405,7 @@ impl ClusterIndex {
 
     /// Removes a Pod.
     pub fn delete_pod(&mut self, namespace: &str, name: &str) {
-        let key = (namespace.to_string(), name.to_string());
+        let key = pod::pod_key(namespace, name);
         if let Some(old) = self.pods.remove(&key) {
             self.after_pod_change(&key, Some(old));
         }
@@ -411,8 +420,10 @@ impl ClusterIndex {
             .filter(|k| !keep.contains(*k))
             .cloned()
             .collect();
-        for (ns, name) in gone {
-            self.delete_pod(&ns, &name);
+        for key in gone {
+            if let Some(old) = self.pods.remove(&key) {
+                self.after_pod_change(&key, Some(old));
+            }
         }
         for p in pods {
             self.apply_pod(p);
@@ -438,7 +449,7 @@ impl ClusterIndex {
         let svcs: Vec<ServiceRef> = self
             .pod_services
             .get(key)
-            .map(|s| s.keys().cloned().collect())
+            .map(|s| s.iter().map(|(svc, _)| ServiceRef::clone(svc)).collect())
             .unwrap_or_default();
         for svc in svcs {
             self.refresh_service(&svc);

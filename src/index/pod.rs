@@ -1,12 +1,8 @@
 //! Pods as the index keeps them: only what endpoint attributes need.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
-use super::{IndexConfig, PodRef};
+use super::{IndexConfig, PodRef, intern::Interner};
 use crate::{
     k8s::{Pod, labels},
     model::{PortSet, endpoint::Labels},
@@ -18,38 +14,43 @@ pub const DEFAULT_INBOUND_PORT: u16 = 4143;
 /// What the index keeps of a Pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodInfo {
-    pub namespace: String,
-    pub name: String,
-    pub ips: Vec<IpAddr>,
-    pub node_name: Option<String>,
+    /// `namespace/name`, the pod's key in the index.
+    pub key: PodRef,
+    pub name: Arc<str>,
+    pub ips: Box<[IpAddr]>,
+    pub node_name: Option<Arc<str>>,
     /// Has a proxy (`linkerd.io/control-plane-ns` is set).
     pub meshed: bool,
     /// The TLS identity, when meshed by our control plane.
     pub identity: Option<Arc<str>>,
-    pub skip_inbound: Option<PortSet>,
+    pub skip_inbound: Option<Box<PortSet>>,
     /// The pod's own opaque ports; `None` means the defaults apply.
-    pub opaque_ports: Option<PortSet>,
-    /// Container port numbers to names, for ports listed by name.
-    pub port_names: HashMap<u16, String>,
+    pub opaque_ports: Option<Box<PortSet>>,
+    /// Container port numbers and their names, for ports listed by name.
+    pub port_names: Vec<(u16, String)>,
     pub inbound_port: u16,
-    /// `pod`, `namespace`, owner kind (`deployment`, ...) and `serviceaccount`.
+    /// `namespace`, owner kind (`deployment`, ...) and `serviceaccount`, shared by siblings.
     pub labels: Labels,
 }
 
+/// The index key of a pod: `namespace/name`.
+pub(super) fn pod_key(namespace: &str, name: &str) -> PodRef {
+    Arc::from(format!("{namespace}/{name}"))
+}
+
 pub(super) fn pod_ref(pod: &Pod) -> Option<PodRef> {
-    Some((
-        pod.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        pod.metadata.name.clone()?,
+    Some(pod_key(
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref()?,
     ))
 }
 
 impl PodInfo {
     /// Reads a Pod; `None` when it has no name.
-    pub fn from_k8s(pod: &Pod, config: &IndexConfig) -> Option<Self> {
-        let (namespace, name) = pod_ref(pod)?;
+    pub(super) fn from_k8s(pod: &Pod, config: &IndexConfig, interner: &mut Interner) -> Option<Self> {
+        let key = pod_ref(pod)?;
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let name: Arc<str> = Arc::from(pod.metadata.name.as_deref()?);
         let meta_labels = pod.metadata.labels.clone().unwrap_or_default();
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         let spec = pod.spec.clone().unwrap_or_default();
@@ -86,12 +87,12 @@ impl PodInfo {
             .containers
             .iter()
             .chain(spec.init_containers.iter().flatten());
-        let mut port_names = HashMap::new();
+        let mut port_names = Vec::new();
         let mut inbound_port = DEFAULT_INBOUND_PORT;
         for c in containers {
             for p in c.ports.iter().flatten() {
                 if let (Ok(n), Some(pname)) = (u16::try_from(p.container_port), p.name.as_ref()) {
-                    port_names.insert(n, pname.clone());
+                    port_names.push((n, pname.clone()));
                 }
             }
             if c.name == labels::PROXY_CONTAINER {
@@ -111,29 +112,28 @@ impl PodInfo {
         }
 
         let mut pod_labels = BTreeMap::new();
-        pod_labels.insert("pod".to_string(), name.clone());
-        pod_labels.insert("namespace".to_string(), namespace.clone());
+        pod_labels.insert("namespace".to_string(), namespace.to_string());
         pod_labels.insert("serviceaccount".to_string(), service_account);
         if let Some((kind, owner)) = owner_label(pod, &meta_labels) {
             pod_labels.insert(kind, owner);
         }
 
         Some(Self {
-            namespace,
+            key,
             name,
-            ips,
-            node_name: spec.node_name.clone(),
+            ips: ips.into_boxed_slice(),
+            node_name: spec.node_name.as_deref().map(|n| interner.str(n)),
             meshed,
             identity,
             skip_inbound: annotations
                 .get(labels::SKIP_INBOUND_PORTS)
-                .map(|l| PortSet::parse(l).0),
+                .map(|l| Box::new(PortSet::parse(l).0)),
             opaque_ports: annotations
                 .get(labels::OPAQUE_PORTS)
-                .map(|l| PortSet::parse(l).0),
+                .map(|l| Box::new(PortSet::parse(l).0)),
             port_names,
             inbound_port,
-            labels: Arc::new(pod_labels),
+            labels: interner.labels(pod_labels),
         })
     }
 
@@ -143,12 +143,17 @@ impl PodInfo {
             && !self
                 .skip_inbound
                 .as_ref()
-                .is_some_and(|s| s.contains(port, self.port_names.get(&port).map(String::as_str)))
+                .is_some_and(|s| s.contains(port, self.port_name(port)))
+    }
+
+    /// The container port name of `port`, if the pod names it.
+    fn port_name(&self, port: u16) -> Option<&str> {
+        self.port_names.iter().find(|(p, _)| *p == port).map(|(_, n)| n.as_str())
     }
 
     /// Whether traffic to `port` is opaque.
     pub fn is_opaque(&self, port: u16, defaults: &PortSet) -> bool {
-        let name = self.port_names.get(&port).map(String::as_str);
+        let name = self.port_name(port);
         match &self.opaque_ports {
             Some(set) => set.contains(port, name),
             None => defaults.contains(port, name),

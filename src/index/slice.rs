@@ -2,7 +2,7 @@
 
 use std::{net::IpAddr, sync::Arc};
 
-use super::{PodRef, service::GatewayInfo};
+use super::{PodRef, intern::Interner, service::GatewayInfo};
 use crate::{
     k8s::{EndpointSlice, labels},
     model::ServiceRef,
@@ -11,7 +11,7 @@ use crate::{
 /// A ready-or-not endpoint of a slice.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct SliceEndpoint {
-    pub addrs: Vec<IpAddr>,
+    pub addrs: Box<[IpAddr]>,
     pub ready: bool,
     pub hostname: Option<Arc<str>>,
     pub node_name: Option<Arc<str>>,
@@ -42,7 +42,7 @@ pub(super) fn slice_id(slice: &EndpointSlice) -> Option<(String, String)> {
 
 impl SliceState {
     /// Reads a slice; `None` when it names no service or holds FQDN addresses.
-    pub fn from_k8s(slice: &EndpointSlice) -> Option<(ServiceRef, String, Self)> {
+    pub fn from_k8s(slice: &EndpointSlice, interner: &mut Interner) -> Option<(ServiceRef, String, Self)> {
         let (namespace, name) = slice_id(slice)?;
         let service = slice
             .metadata
@@ -72,9 +72,9 @@ impl SliceState {
                         .as_ref()
                         .filter(|r| r.kind.as_deref() == Some("Pod"))
                         .and_then(|r| {
-                            Some((
-                                r.namespace.clone().unwrap_or_else(|| namespace.clone()),
-                                r.name.clone()?,
+                            Some(super::pod::pod_key(
+                                r.namespace.as_deref().unwrap_or(&namespace),
+                                r.name.as_deref()?,
                             ))
                         });
                     SliceEndpoint {
@@ -82,10 +82,10 @@ impl SliceState {
                         // A missing condition means ready, as the API documents.
                         ready: ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
                         hostname: ep.hostname.as_deref().map(Arc::from),
-                        node_name: ep.node_name.as_deref().map(Arc::from),
-                        zone: ep.zone.as_deref().map(Arc::from),
+                        node_name: ep.node_name.as_deref().map(|n| interner.str(n)),
+                        zone: ep.zone.as_deref().map(|z| interner.str(z)),
                         hint_zones: ep.hints.as_ref().and_then(|h| h.for_zones.as_ref()).map(
-                            |zones| zones.iter().map(|z| Arc::from(z.name.as_str())).collect(),
+                            |zones| zones.iter().map(|z| interner.str(&z.name)).collect(),
                         ),
                         pod,
                     }

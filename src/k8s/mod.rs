@@ -8,3 +8,4 @@ pub use k8s_openapi::api::{
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub mod labels;
+pub mod link;

@@ -14,7 +14,7 @@ pub enum ProtocolHint {
     Opaque { inbound_port: u16 },
 }
 
-/// Shared per-address metric labels (`pod`, owner, `serviceaccount`, ...).
+/// Per-address metric labels shared by pods alike (`namespace`, owner, `serviceaccount`).
 pub type Labels = Arc<BTreeMap<String, String>>;
 
 /// An endpoint as the index computed it for one service port.
@@ -32,6 +32,9 @@ pub struct Endpoint {
     pub zone: Option<Arc<str>>,
     /// Topology hints: the zones that should use this endpoint; `None` when not hinted.
     pub hint_zones: Option<Arc<[Arc<str>]>>,
+    /// The pod's name (its `pod` metric label), when the endpoint is a pod.
+    pub pod: Option<Arc<str>>,
+    /// Metric labels shared by the pod's siblings: `namespace`, owner, `serviceaccount`.
     pub labels: Labels,
     /// The cluster the endpoint was found in.
     pub cluster: Arc<str>,

@@ -98,6 +98,7 @@ mod tests {
             node_name: Some(node.into()),
             zone: None,
             hint_zones: hints.map(|h| h.iter().map(|z| Arc::from(*z)).collect()),
+            pod: None,
             labels: Default::default(),
             cluster: "local".into(),
         })

@@ -94,6 +94,7 @@ mod tests {
             node_name: None,
             zone: None,
             hint_zones: None,
+            pod: None,
             labels: Default::default(),
             cluster: "local".into(),
         })

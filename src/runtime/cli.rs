@@ -1,4 +1,4 @@
-//! The command line: `meshlink serve`, `meshlink resolve`.
+//! The command line: `meshlink serve`, `resolve`, `link` and `crds`.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -19,6 +19,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Watch what a proxy would see for an authority, from a running destination service.
     Resolve(ResolveArgs),
+    /// Print the credentials Secret and the Link that link a target cluster to this one.
+    Link(LinkArgs),
+    /// Print the CustomResourceDefinitions meshlink reads (the Link).
+    Crds,
 }
 
 /// Log output format.
@@ -34,8 +38,14 @@ pub struct ServeArgs {
     /// Folder of manifests, one sub-folder per cluster (the embedded source; no cluster needed).
     /// Each sub-folder holds *.yaml/*.yml files of v1 Namespace, Service, Pod, Node, Secret and
     /// discovery.k8s.io/v1 EndpointSlice objects; it is watched and re-read on change.
-    #[arg(long, env = "MESHLINK_MANIFESTS", value_name = "DIR")]
+    /// Without it, meshlink watches the Kubernetes API server.
+    #[arg(long, env = "MESHLINK_MANIFESTS", value_name = "DIR", conflicts_with = "kubeconfig")]
     pub manifests: Option<PathBuf>,
+
+    /// Kubeconfig of the local cluster. Without it: $KUBECONFIG, ~/.kube/config, then the
+    /// in-cluster service account.
+    #[arg(long, env = "MESHLINK_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
 
     /// Name of the local cluster (with --manifests: the sub-folder that is the local cluster).
     #[arg(long, env = "MESHLINK_CLUSTER_NAME", default_value = "local")]
@@ -129,4 +139,72 @@ pub struct ResolveArgs {
     /// Stop after this many updates (default: run until interrupted).
     #[arg(long)]
     pub count: Option<usize>,
+}
+
+/// Flags of `meshlink link`.
+#[derive(Debug, Parser)]
+pub struct LinkArgs {
+    /// The name the target cluster goes by in this mesh (Secret and Link names, endpoint labels).
+    #[arg(long)]
+    pub cluster_name: String,
+
+    /// Kubeconfig of the target cluster, with the right to create tokens for --service-account.
+    /// Without it: $KUBECONFIG, then ~/.kube/config.
+    #[arg(long, env = "MESHLINK_LINK_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Context of that kubeconfig (default: its current context).
+    #[arg(long)]
+    pub context: Option<String>,
+
+    /// Namespace of the credentials Secret and the Link in this cluster (the control plane's).
+    #[arg(long, default_value = "linkerd")]
+    pub namespace: String,
+
+    /// Service account in the target cluster whose token goes into the Secret; it needs the
+    /// RBAC of deploy/remote-access/.
+    #[arg(long, default_value = "meshlink-remote-access")]
+    pub service_account: String,
+
+    /// Namespace of that service account in the target cluster.
+    #[arg(long, default_value = "linkerd")]
+    pub service_account_namespace: String,
+
+    /// Read the token from this Secret (type kubernetes.io/service-account-token) in the
+    /// service account's namespace instead of requesting one with the TokenRequest API.
+    #[arg(long, value_name = "SECRET")]
+    pub token_secret: Option<String>,
+
+    /// Lifetime of a requested token (the API server may shorten it).
+    #[arg(long, default_value = "8760h", value_parser = humantime::parse_duration)]
+    pub token_duration: Duration,
+
+    /// API server address written into the kubeconfig (default: the one this command used).
+    #[arg(long, value_name = "URL")]
+    pub api_server_address: Option<String>,
+
+    /// Identity trust domain of the target cluster.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// DNS domain of the target cluster.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// Namespace of the target cluster's control plane.
+    #[arg(long, default_value = "linkerd")]
+    pub target_linkerd_namespace: String,
+
+    /// Gateway addresses of the target cluster (comma-separated); without it the Link selects
+    /// no gateway-mode Services.
+    #[arg(long, value_name = "ADDRS")]
+    pub gateway_addresses: Option<String>,
+
+    /// Port of the target cluster's gateway.
+    #[arg(long, default_value_t = 4143)]
+    pub gateway_port: u16,
+
+    /// TLS identity of the gateway (default: linkerd-gateway.linkerd-multicluster.serviceaccount.identity.<target ns>.<trust domain>).
+    #[arg(long)]
+    pub gateway_identity: Option<String>,
 }

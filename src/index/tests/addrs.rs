@@ -29,7 +29,7 @@ fn pod_ip_is_the_pod_with_its_identity() {
     assert_eq!(e.addr, addr("10.0.0.1:8080"));
     assert_eq!(e.identity.as_deref(), Some(&*identity("web", "shop")));
     assert_eq!(e.hint, ProtocolHint::H2);
-    assert_eq!(e.labels.get("pod").map(String::as_str), Some("web-1"));
+    assert_eq!(e.pod.as_deref(), Some("web-1"));
 }
 
 #[test]

@@ -82,7 +82,7 @@ fn unmeshed_pod_has_no_identity_and_no_hint() {
     assert_eq!(e.identity, None);
     assert_eq!(e.hint, ProtocolHint::Unknown);
     // Unmeshed pods still get their metric labels.
-    assert_eq!(e.labels.get("pod").map(String::as_str), Some("web-1"));
+    assert_eq!(e.pod.as_deref(), Some("web-1"));
 }
 
 #[test]
