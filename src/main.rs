@@ -19,5 +19,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Resolve(args) => meshlink::client::resolve::run(args).await,
+        Command::Link(args) => runtime::link::run(args).await,
+        Command::Crds => {
+            print!("{}", meshlink::k8s::link::crd_yaml());
+            Ok(())
+        }
     }
 }

@@ -238,7 +238,10 @@ mod tests {
             link.spec.cluster_credentials_secret.as_deref(),
             Some("cluster-credentials-west")
         );
-        assert!(link.spec.selector.is_none(), "no gateway, no gateway mirrors");
+        assert!(
+            link.spec.selector.is_none(),
+            "no gateway, no gateway mirrors"
+        );
         let yaml = serde_yaml::to_string(&link).unwrap();
         assert!(yaml.contains("apiVersion: multicluster.linkerd.io/v1alpha3"));
         assert!(yaml.contains("mirror.linkerd.io/exported: remote-discovery"));

@@ -39,7 +39,12 @@ pub struct ServeArgs {
     /// Each sub-folder holds *.yaml/*.yml files of v1 Namespace, Service, Pod, Node, Secret and
     /// discovery.k8s.io/v1 EndpointSlice objects; it is watched and re-read on change.
     /// Without it, meshlink watches the Kubernetes API server.
-    #[arg(long, env = "MESHLINK_MANIFESTS", value_name = "DIR", conflicts_with = "kubeconfig")]
+    #[arg(
+        long,
+        env = "MESHLINK_MANIFESTS",
+        value_name = "DIR",
+        conflicts_with = "kubeconfig"
+    )]
     pub manifests: Option<PathBuf>,
 
     /// Kubeconfig of the local cluster. Without it: $KUBECONFIG, ~/.kube/config, then the

@@ -1,4 +1,7 @@
 //! Starts and stops a source per linked cluster as credentials Secrets come and go.
+//!
+//! A linked cluster is its own failure domain: it never gates readiness, and a cluster
+//! whose credentials or API server fail keeps its last endpoints, marked stale.
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -8,7 +11,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::{
     index::{ClusterHandle, ClusterIndex, ClusterSet, IndexConfig, LinkedClusterSpec},
     metrics::Metrics,
-    sources::manifests::ManifestSource,
+    sources::{kube::KubeSource, manifests::ManifestSource},
 };
 
 /// Keeps one manifest source running per linked cluster (`<root>/<cluster>`).
@@ -93,4 +96,135 @@ impl LinkedManifestClusters {
         );
         stop_tx
     }
+}
+
+/// Keeps one Kubernetes source running per linked cluster, with a client built from
+/// the kubeconfig in its credentials Secret.
+pub struct LinkedKubeClusters {
+    pub clusters: Arc<ClusterSet>,
+    pub base: IndexConfig,
+}
+
+/// A linked cluster being watched.
+struct RunningCluster {
+    spec: LinkedClusterSpec,
+    handle: ClusterHandle,
+    stop: watch::Sender<bool>,
+}
+
+impl LinkedKubeClusters {
+    /// Follows `specs` until `shutdown` turns true.
+    pub async fn run(
+        self,
+        mut specs: watch::Receiver<Arc<BTreeMap<String, LinkedClusterSpec>>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut running: BTreeMap<String, RunningCluster> = BTreeMap::new();
+        loop {
+            let wanted = specs.borrow_and_update().clone();
+            let gone: Vec<String> = running
+                .keys()
+                .filter(|name| !wanted.contains_key(*name))
+                .cloned()
+                .collect();
+            for name in gone {
+                if let Some(cluster) = running.remove(&name) {
+                    let _ = cluster.stop.send(true);
+                }
+                self.clusters.remove(&name);
+                info!(cluster = %name, "unlinked cluster");
+            }
+            for (name, spec) in wanted.iter() {
+                if *name == *self.base.cluster_name {
+                    if !running.contains_key(name) {
+                        warn!(cluster = %name, secret = %spec.secret, "ignoring a link to the local cluster itself");
+                    }
+                    continue;
+                }
+                match running.get_mut(name) {
+                    Some(cluster) if cluster.spec == *spec => {}
+                    Some(cluster)
+                        if cluster.spec.trust_domain == spec.trust_domain
+                            && cluster.spec.cluster_domain == spec.cluster_domain =>
+                    {
+                        // New credentials (e.g. a rotated token): watch again with them into
+                        // the same index; the relist replaces its objects without a gap.
+                        let _ = cluster.stop.send(true);
+                        cluster.stop = start_kube_source(&cluster.handle, spec).await;
+                        cluster.spec = spec.clone();
+                        info!(cluster = %name, secret = %spec.secret, "credentials changed; watching again");
+                    }
+                    _ => {
+                        if let Some(old) = running.remove(name) {
+                            let _ = old.stop.send(true);
+                        }
+                        let handle = self.new_handle(spec);
+                        let stop = start_kube_source(&handle, spec).await;
+                        self.clusters.insert(handle.clone());
+                        info!(cluster = %name, secret = %spec.secret, "linked cluster");
+                        running.insert(
+                            name.clone(),
+                            RunningCluster {
+                                spec: spec.clone(),
+                                handle,
+                                stop,
+                            },
+                        );
+                    }
+                }
+            }
+            tokio::select! {
+                r = specs.changed() => if r.is_err() { break },
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+        for (_, cluster) in running {
+            let _ = cluster.stop.send(true);
+        }
+    }
+
+    fn new_handle(&self, spec: &LinkedClusterSpec) -> ClusterHandle {
+        ClusterHandle::new(ClusterIndex::shared(IndexConfig {
+            cluster_name: Arc::from(spec.name.as_str()),
+            cluster_domain: spec.cluster_domain.clone(),
+            trust_domain: spec.trust_domain.clone(),
+            ..self.base.clone()
+        }))
+    }
+}
+
+/// Starts watching the cluster `spec` describes into `handle`; returns its stop switch.
+/// Credentials that cannot be used leave the cluster stale, with the reason.
+async fn start_kube_source(
+    handle: &ClusterHandle,
+    spec: &LinkedClusterSpec,
+) -> watch::Sender<bool> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let client = match client_from_kubeconfig(spec.kubeconfig.as_deref()).await {
+        Ok(client) => client,
+        Err(e) => {
+            let reason = format!("cannot use the kubeconfig of Secret {}: {e}", spec.secret);
+            warn!(cluster = %spec.name, error = %reason, "linked cluster is not watched");
+            handle.status.set_stale(reason);
+            return stop_tx;
+        }
+    };
+    tokio::spawn(
+        KubeSource::new(client, handle.clone(), None)
+            .run(stop_rx)
+            .instrument(info_span!("kube", cluster = %spec.name)),
+    );
+    stop_tx
+}
+
+/// A client from the kubeconfig bytes of a credentials Secret (its current context).
+async fn client_from_kubeconfig(kubeconfig: Option<&[u8]>) -> anyhow::Result<kube::Client> {
+    use anyhow::Context;
+    let bytes = kubeconfig.context("the Secret has no kubeconfig")?;
+    let text = std::str::from_utf8(bytes).context("the kubeconfig is not UTF-8")?;
+    let file = kube::config::Kubeconfig::from_yaml(text).context("invalid kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .context("invalid kubeconfig")?;
+    kube::Client::try_from(config).context("cannot build a client")
 }

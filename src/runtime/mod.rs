@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod cli;
+pub mod link;
 mod linked;
 mod serve;
 

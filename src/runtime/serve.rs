@@ -1,13 +1,21 @@
 //! `meshlink serve`: load the local cluster, then serve gRPC and admin until SIGTERM.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::{Context, Result, bail};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{admin, cli::ServeArgs, linked::LinkedManifestClusters};
+use super::{
+    admin,
+    cli::ServeArgs,
+    linked::{LinkedKubeClusters, LinkedManifestClusters},
+};
 use crate::{
     grpc::{DestinationService, StreamSettings},
     index::{ClusterHandle, ClusterIndex, ClusterSet, IndexConfig},
@@ -15,7 +23,7 @@ use crate::{
     model::PortSet,
     proto,
     resolver::Resolver,
-    sources::manifests::ManifestSource,
+    sources::{kube::KubeSource, manifests::ManifestSource},
 };
 
 /// A running server: its bound addresses and the handle to stop it.
@@ -42,26 +50,35 @@ impl Server {
     }
 }
 
-/// Starts meshlink as `args` say and returns once it is serving.
+/// Where the clusters' objects come from.
+enum Source {
+    /// `--manifests`: one sub-folder per cluster.
+    Manifests(PathBuf),
+    /// The local cluster's API server.
+    Kube(kube::Client),
+}
+
+/// Starts meshlink as `args` say and returns once it is serving (with Kubernetes: once
+/// the local cluster's initial lists are in).
 pub async fn serve(args: ServeArgs) -> Result<Server> {
-    let Some(manifests) = args.manifests.clone() else {
-        bail!(
-            "no source given: pass --manifests DIR (a folder with one sub-folder per cluster); \
-             the Kubernetes source is not available in this build yet"
-        );
-    };
     let default_opaque_ports = Arc::new(
         PortSet::parse_strict(&args.default_opaque_ports)
             .context("invalid --default-opaque-ports")?,
     );
-    let local_dir = manifests.join(&args.cluster_name);
-    if !local_dir.is_dir() {
-        bail!(
-            "{} is not a folder: --manifests must hold one sub-folder per cluster, and --cluster-name ({}) names the local one",
-            local_dir.display(),
-            args.cluster_name
-        );
-    }
+    let source = match args.manifests.clone() {
+        Some(manifests) => {
+            let local_dir = manifests.join(&args.cluster_name);
+            if !local_dir.is_dir() {
+                bail!(
+                    "{} is not a folder: --manifests must hold one sub-folder per cluster, and --cluster-name ({}) names the local one",
+                    local_dir.display(),
+                    args.cluster_name
+                );
+            }
+            Source::Manifests(manifests)
+        }
+        None => Source::Kube(local_client(args.kubeconfig.as_deref()).await?),
+    };
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = IndexConfig {
@@ -94,34 +111,68 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
         .instrument(info_span!("admin")),
     );
 
-    let mut source = ManifestSource::new(local_dir.clone(), local.clone(), Arc::clone(&metrics));
-    let report = source.sync();
-    let counts = local.index.lock().counts();
-    info!(
-        dir = %local_dir.display(),
-        services = counts.services,
-        pods = counts.pods,
-        endpoint_slices = counts.endpoint_slices,
-        errors = report.errors.len(),
-        "loaded the local cluster"
-    );
-    tokio::spawn(
-        source
-            .run(args.manifest_poll_interval, shutdown_rx.clone())
-            .instrument(info_span!("manifests", cluster = %args.cluster_name)),
-    );
     let links_rx = local.index.lock().linked_clusters_rx();
-    tokio::spawn(
-        LinkedManifestClusters {
-            root: manifests,
-            clusters: Arc::clone(&clusters),
-            base: config,
-            metrics: Arc::clone(&metrics),
-            poll_interval: args.manifest_poll_interval,
+    match source {
+        Source::Manifests(manifests) => {
+            let local_dir = manifests.join(&args.cluster_name);
+            let mut source =
+                ManifestSource::new(local_dir.clone(), local.clone(), Arc::clone(&metrics));
+            let report = source.sync();
+            let counts = local.index.lock().counts();
+            info!(
+                dir = %local_dir.display(),
+                services = counts.services,
+                pods = counts.pods,
+                endpoint_slices = counts.endpoint_slices,
+                errors = report.errors.len(),
+                "loaded the local cluster"
+            );
+            tokio::spawn(
+                source
+                    .run(args.manifest_poll_interval, shutdown_rx.clone())
+                    .instrument(info_span!("manifests", cluster = %args.cluster_name)),
+            );
+            tokio::spawn(
+                LinkedManifestClusters {
+                    root: manifests,
+                    clusters: Arc::clone(&clusters),
+                    base: config,
+                    metrics: Arc::clone(&metrics),
+                    poll_interval: args.manifest_poll_interval,
+                }
+                .run(links_rx, shutdown_rx.clone())
+                .instrument(info_span!("linked")),
+            );
         }
-        .run(links_rx, shutdown_rx.clone())
-        .instrument(info_span!("linked")),
-    );
+        Source::Kube(client) => {
+            tokio::spawn(
+                KubeSource::new(
+                    client,
+                    local.clone(),
+                    Some(args.control_plane_namespace.clone()),
+                )
+                .run(shutdown_rx.clone())
+                .instrument(info_span!("kube", cluster = %args.cluster_name)),
+            );
+            tokio::spawn(
+                LinkedKubeClusters {
+                    clusters: Arc::clone(&clusters),
+                    base: config,
+                }
+                .run(links_rx, shutdown_rx.clone())
+                .instrument(info_span!("linked")),
+            );
+            wait_for_sync(&local).await;
+            let counts = local.index.lock().counts();
+            info!(
+                services = counts.services,
+                pods = counts.pods,
+                endpoint_slices = counts.endpoint_slices,
+                nodes = counts.nodes,
+                "loaded the local cluster"
+            );
+        }
+    }
     tokio::spawn(gc_lookups(Arc::clone(&clusters), shutdown_rx.clone()));
 
     let grpc = spawn_grpc(
@@ -146,6 +197,43 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
         admin,
         grace: args.shutdown_grace,
     })
+}
+
+/// A client of the local API server: `--kubeconfig`, else what kube infers
+/// ($KUBECONFIG, ~/.kube/config, the in-cluster service account).
+async fn local_client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read --kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .with_context(|| format!("invalid --kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "no Kubernetes configuration found (pass --kubeconfig, set KUBECONFIG, or run in a pod); \
+             to run without a cluster, pass --manifests DIR",
+        )?,
+    };
+    info!(api_server = %config.cluster_url, "watching the local cluster's API server");
+    kube::Client::try_from(config).context("cannot build a Kubernetes client")
+}
+
+/// Waits until the local cluster's initial lists are in, saying what it waits for.
+async fn wait_for_sync(local: &ClusterHandle) {
+    let started = tokio::time::Instant::now();
+    let mut next_log = started + std::time::Duration::from_secs(10);
+    while !local.status.is_synced() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if tokio::time::Instant::now() >= next_log {
+            next_log += std::time::Duration::from_secs(10);
+            warn!(
+                waited = ?started.elapsed(),
+                error = local.status.last_error().unwrap_or_default(),
+                "still waiting for the local cluster's initial lists; not serving gRPC yet"
+            );
+        }
+    }
 }
 
 /// Releases lookups nobody reads any more, every few seconds.
@@ -173,9 +261,7 @@ pub async fn spawn_grpc(
     let destination =
         DestinationService::new(Resolver::new(clusters), settings, metrics, shutdown.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<DestinationService>()
-        .await;
+    health_reporter.set_serving::<DestinationService>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

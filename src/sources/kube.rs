@@ -95,10 +95,8 @@ impl KubeSource {
         );
         if let Some(ns) = &self.secrets_namespace {
             // Only credentials Secrets: other Secrets' data is never read nor held.
-            let credentials = watcher::Config::default().fields(&format!(
-                "type={}",
-                labels::REMOTE_KUBECONFIG_SECRET_TYPE
-            ));
+            let credentials = watcher::Config::default()
+                .fields(&format!("type={}", labels::REMOTE_KUBECONFIG_SECRET_TYPE));
             tasks.spawn(
                 ctx(Secret::KIND)
                     .run(
@@ -221,7 +219,8 @@ impl Backoff {
         use std::hash::BuildHasher;
         let step = self.next;
         self.next = (self.next * 2).min(MAX_BACKOFF);
-        let random = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+        let random =
+            std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
         let fraction = 0.5 + (random % 1000) as f64 / 2000.0;
         step.mul_f64(fraction)
     }

@@ -126,22 +126,21 @@ impl Indexed for Pod {
                 meta.annotations,
                 &[labels::OPAQUE_PORTS, labels::SKIP_INBOUND_PORTS],
             ),
-            owner_references: meta
-                .owner_references
-                .map(|o| o.into_iter().filter(|o| o.controller == Some(true)).collect()),
+            owner_references: meta.owner_references.map(|o| {
+                o.into_iter()
+                    .filter(|o| o.controller == Some(true))
+                    .collect()
+            }),
             ..ObjectMeta::default()
         };
         let trim_container = |c: Container| {
             let proxy = c.name == labels::PROXY_CONTAINER;
             Container {
-                env: c
-                    .env
-                    .filter(|_| proxy)
-                    .map(|env| {
-                        env.into_iter()
-                            .filter(|e| e.name == labels::PROXY_INBOUND_LISTEN_ADDR_ENV)
-                            .collect()
-                    }),
+                env: c.env.filter(|_| proxy).map(|env| {
+                    env.into_iter()
+                        .filter(|e| e.name == labels::PROXY_INBOUND_LISTEN_ADDR_ENV)
+                        .collect()
+                }),
                 ports: c.ports,
                 name: c.name,
                 ..Container::default()

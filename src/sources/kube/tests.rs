@@ -199,7 +199,11 @@ fn a_relist_replaces_the_kind_at_init_done() {
     for e in events {
         assert_eq!(buffer.handle(&mut index, e), Handled::Listing);
     }
-    assert_eq!(index.counts().services, 0, "nothing applied before InitDone");
+    assert_eq!(
+        index.counts().services,
+        0,
+        "nothing applied before InitDone"
+    );
     assert_eq!(buffer.handle(&mut index, Event::InitDone), Handled::Listed);
     assert_eq!(index.counts().services, 2);
 
@@ -222,7 +226,11 @@ fn a_relist_replaces_the_kind_at_init_done() {
     ] {
         buffer.handle(&mut index, e);
     }
-    assert_eq!(index.counts().services, 2, "old objects serve until the list is in");
+    assert_eq!(
+        index.counts().services,
+        2,
+        "old objects serve until the list is in"
+    );
     buffer.handle(&mut index, Event::InitDone);
     assert_eq!(index.counts().services, 2);
     let mut b = index.service_rx(&crate::model::ServiceRef::new("ns", "b"));
