@@ -180,13 +180,11 @@ impl EndpointStream {
             self.set_labels = Arc::new(set_labels(&service, &plan));
             self.set_plan(plan);
         }
-        let endpoints = self.merge(&root);
-        Ok(Arc::new(EndpointSet {
-            exists: true,
-            endpoints,
-            labels: Arc::clone(&self.set_labels),
-            internal_traffic_local: service.internal_traffic_local,
-        }))
+        let mut set = self.merge(&root);
+        set.exists = true;
+        set.labels = Arc::clone(&self.set_labels);
+        set.internal_traffic_local = service.internal_traffic_local;
+        Ok(Arc::new(set))
     }
 
     fn plan_for(&self, service: &ServiceInfo) -> Result<Plan, ResolveError> {
@@ -289,7 +287,8 @@ impl EndpointStream {
     }
 
     /// The union of every member's endpoints; an address in two members counts once.
-    fn merge(&mut self, root: &Arc<PortSnapshot>) -> Arc<EndpointAddrs> {
+    /// Endpoints, versions and hints of the merged set (labels and flags are the caller's).
+    fn merge(&mut self, root: &Arc<PortSnapshot>) -> EndpointSet {
         let snapshots: Vec<Arc<PortSnapshot>> = self
             .members
             .iter_mut()
@@ -301,7 +300,14 @@ impl EndpointStream {
             .collect();
         let host = self.plan.hostname.as_deref();
         if let ([only], None) = (snapshots.as_slice(), host) {
-            return Arc::clone(&only.endpoints);
+            // One lookup as it is: streams may reuse its precomputed delta.
+            return EndpointSet {
+                endpoints: Arc::clone(&only.endpoints),
+                all_hinted: only.all_hinted,
+                version: Some(only.version),
+                delta: only.delta.clone(),
+                ..EndpointSet::default()
+            };
         }
         let mut merged = EndpointAddrs::new();
         for snapshot in &snapshots {
@@ -312,7 +318,11 @@ impl EndpointStream {
                 merged.entry(*addr).or_insert_with(|| Arc::clone(e));
             }
         }
-        Arc::new(merged)
+        EndpointSet {
+            all_hinted: crate::model::all_hinted(&merged),
+            endpoints: Arc::new(merged),
+            ..EndpointSet::default()
+        }
     }
 }
 

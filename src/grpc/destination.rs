@@ -27,7 +27,7 @@ use crate::{
     metrics::{Metrics, RpcLabels, UpdateLabels},
     model::{
         Authority, ClientLocality, ContextToken, EndpointAddrs, PortSet, ServiceAuthority,
-        ServiceRef, diff_endpoints,
+        ServiceRef, SnapshotVersion, diff_endpoints,
     },
     proto::destination::{self as pb, update},
     resolver::{EndpointStream, ResolveError, Resolver},
@@ -100,7 +100,10 @@ fn resolve_status(e: ResolveError) -> Status {
 }
 
 impl DestinationService {
-    async fn route(self, req: http::Request<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+    async fn route(
+        self,
+        req: http::Request<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
         let path = req.uri().path().to_string();
         let result = match path.as_str() {
             GET_PATH => match framing::decode_request(req.into_body()).await {
@@ -111,7 +114,9 @@ impl DestinationService {
                 Ok(msg) => self.get_profile(msg),
                 Err(status) => Err(status),
             },
-            _ => Err(Status::unimplemented(format!("{path} is not a method of {DESTINATION_SERVICE_NAME}"))),
+            _ => Err(Status::unimplemented(format!(
+                "{path} is not a method of {DESTINATION_SERVICE_NAME}"
+            ))),
         };
         match result {
             Ok(body) => body.into_response(),
@@ -162,12 +167,20 @@ impl DestinationService {
         let span = info_span!("get_profile", authority = %req.path);
         match authority {
             Authority::Service(s) => {
-                let svc_rx = index.lock().service_rx(&ServiceRef::new(&s.namespace, &s.service));
-                tokio::spawn(task.run_service(s, svc_rx, self.shutdown.clone()).instrument(span));
+                let svc_rx = index
+                    .lock()
+                    .service_rx(&ServiceRef::new(&s.namespace, &s.service));
+                tokio::spawn(
+                    task.run_service(s, svc_rx, self.shutdown.clone())
+                        .instrument(span),
+                );
             }
             Authority::Ip(addr) => {
                 let addr_rx = index.lock().addr_rx(addr);
-                tokio::spawn(task.run_addr(addr, addr_rx, self.shutdown.clone()).instrument(span));
+                tokio::spawn(
+                    task.run_addr(addr, addr_rx, self.shutdown.clone())
+                        .instrument(span),
+                );
             }
         }
         Ok(MessageBody::new(rx))
@@ -232,7 +245,10 @@ async fn send<M: prost::Message>(
     timeout: Duration,
     metrics: &Metrics,
 ) -> Result<(), SendError> {
-    match tx.send_timeout(Frame::Message(framing::encode(msg)), timeout).await {
+    match tx
+        .send_timeout(Frame::Message(framing::encode(msg)), timeout)
+        .await
+    {
         Ok(()) => Ok(()),
         Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(SendError::Closed),
         Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
@@ -258,8 +274,18 @@ impl EndpointTask {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let _open = OpenStream::new(&self.metrics, "Get");
+        let counter = |kind| {
+            self.metrics
+                .updates_sent
+                .get_or_create(&UpdateLabels { rpc: "Get", kind })
+                .clone()
+        };
+        let (adds, removes, no_endpoints) =
+            (counter("add"), counter("remove"), counter("no_endpoints"));
         // What the client holds: `None` before the first message.
         let mut sent: Option<(bool, Arc<EndpointAddrs>)> = None;
+        // The snapshot version the client holds, when it holds one lookup's set unfiltered.
+        let mut sent_version: Option<SnapshotVersion> = None;
         let mut next = Some(Ok(first));
         loop {
             let set = match next.take() {
@@ -271,12 +297,26 @@ impl EndpointTask {
                 None => return,
             };
             let view = self.client.filter(&set);
+            let unfiltered = Arc::ptr_eq(&view, &set.endpoints);
+            // The usual case: the client holds the previous version of the same lookup, so
+            // the delta the index computed once serves every such stream.
+            let shared_delta = set
+                .delta
+                .as_ref()
+                .filter(|_| unfiltered && sent_version.map(SnapshotVersion::next) == set.version);
             let updates = match &sent {
                 Some((exists, before)) if *exists == set.exists => {
-                    let diff = diff_endpoints(before, &view);
+                    let computed;
+                    let diff = match shared_delta {
+                        Some(delta) => &**delta,
+                        None => {
+                            computed = diff_endpoints(before, &view);
+                            &computed
+                        }
+                    };
                     let mut updates = Vec::with_capacity(2);
                     if !diff.removed.is_empty() {
-                        updates.push(convert::remove(diff.removed));
+                        updates.push(convert::remove(diff.removed.iter().copied()));
                     }
                     if !diff.added.is_empty() {
                         updates.push(convert::add(
@@ -298,28 +338,28 @@ impl EndpointTask {
                 )],
             };
             for u in updates {
-                let kind = match &u.update {
-                    Some(update::Update::Add(_)) => "add",
-                    Some(update::Update::Remove(_)) => "remove",
-                    _ => "no_endpoints",
+                let counter = match &u.update {
+                    Some(update::Update::Add(_)) => &adds,
+                    Some(update::Update::Remove(_)) => &removes,
+                    _ => &no_endpoints,
                 };
                 match send(&self.tx, &u, self.settings.send_timeout, &self.metrics).await {
                     Ok(()) => {
-                        self.metrics
-                            .updates_sent
-                            .get_or_create(&UpdateLabels { rpc: "Get", kind })
-                            .inc();
+                        counter.inc();
                     }
                     Err(SendError::Closed) => return,
                     Err(SendError::TimedOut) => {
                         debug!("client stopped reading; resetting the stream");
-                        let _ = self.tx.try_send(Frame::End(Box::new(Status::deadline_exceeded(
-                            "client did not read updates",
-                        ))));
+                        let _ = self
+                            .tx
+                            .try_send(Frame::End(Box::new(Status::deadline_exceeded(
+                                "client did not read updates",
+                            ))));
                         return;
                     }
                 }
             }
+            sent_version = set.version.filter(|_| unfiltered && set.exists);
             sent = Some((set.exists, if set.exists { view } else { Arc::default() }));
             next = tokio::select! {
                 n = self.stream.next() => n,

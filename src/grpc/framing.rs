@@ -42,17 +42,23 @@ pub fn encode<M: prost::Message>(msg: &M) -> Bytes {
 }
 
 /// Reads the single request message of a server-streaming call.
-pub async fn decode_request<M: prost::Message + Default>(body: tonic::body::Body) -> Result<M, Status> {
+pub async fn decode_request<M: prost::Message + Default>(
+    body: tonic::body::Body,
+) -> Result<M, Status> {
     let bytes = http_body_util::Limited::new(body, MAX_REQUEST)
         .collect()
         .await
         .map_err(|e| Status::invalid_argument(format!("cannot read the request: {e}")))?
         .to_bytes();
     if bytes.len() < PREFIX {
-        return Err(Status::invalid_argument("the request holds no gRPC message"));
+        return Err(Status::invalid_argument(
+            "the request holds no gRPC message",
+        ));
     }
     if bytes[0] != 0 {
-        return Err(Status::unimplemented("compressed requests are not supported"));
+        return Err(Status::unimplemented(
+            "compressed requests are not supported",
+        ));
     }
     let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
     if bytes.len() != PREFIX + len {
@@ -61,7 +67,8 @@ pub async fn decode_request<M: prost::Message + Default>(body: tonic::body::Body
             bytes.len() - PREFIX
         )));
     }
-    M::decode(&bytes[PREFIX..]).map_err(|e| Status::invalid_argument(format!("cannot decode the request: {e}")))
+    M::decode(&bytes[PREFIX..])
+        .map_err(|e| Status::invalid_argument(format!("cannot decode the request: {e}")))
 }
 
 /// A response body fed by a stream task: messages, then `grpc-status` trailers.
@@ -73,7 +80,10 @@ pub struct MessageBody {
 impl MessageBody {
     /// A body reading the frames sent on `rx`; a closed channel ends with status OK.
     pub fn new(rx: mpsc::Receiver<Frame>) -> Self {
-        Self { rx, finished: false }
+        Self {
+            rx,
+            finished: false,
+        }
     }
 
     /// The response carrying this body.
@@ -99,7 +109,9 @@ impl http_body::Body for MessageBody {
             return Poll::Ready(None);
         }
         let status = match ready!(self.rx.poll_recv(cx)) {
-            Some(Frame::Message(bytes)) => return Poll::Ready(Some(Ok(http_body::Frame::data(bytes)))),
+            Some(Frame::Message(bytes)) => {
+                return Poll::Ready(Some(Ok(http_body::Frame::data(bytes))));
+            }
             Some(Frame::End(status)) => *status,
             None => Status::ok(""),
         };
@@ -133,13 +145,22 @@ mod tests {
         let body = tonic::body::Body::new(http_body_util::Full::new(framed.clone()));
         assert_eq!(decode_request::<GetDestination>(body).await.unwrap(), msg);
 
-        let truncated = tonic::body::Body::new(http_body_util::Full::new(framed.slice(..framed.len() - 1)));
-        let err = decode_request::<GetDestination>(truncated).await.unwrap_err();
+        let truncated =
+            tonic::body::Body::new(http_body_util::Full::new(framed.slice(..framed.len() - 1)));
+        let err = decode_request::<GetDestination>(truncated)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
         let mut compressed = framed.to_vec();
         compressed[0] = 1;
         let body = tonic::body::Body::new(http_body_util::Full::new(Bytes::from(compressed)));
-        assert_eq!(decode_request::<GetDestination>(body).await.unwrap_err().code(), tonic::Code::Unimplemented);
+        assert_eq!(
+            decode_request::<GetDestination>(body)
+                .await
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unimplemented
+        );
     }
 }

@@ -24,7 +24,7 @@ impl ClusterIndex {
         if state.info.kind != ServiceKind::Local {
             return PortSnapshot {
                 service,
-                endpoints: Default::default(),
+                ..PortSnapshot::default()
             };
         }
         let svc_port = state.port(port);
@@ -92,7 +92,9 @@ impl ClusterIndex {
         }
         PortSnapshot {
             service,
+            all_hinted: crate::model::all_hinted(&endpoints),
             endpoints: Arc::new(endpoints),
+            ..PortSnapshot::default()
         }
     }
 }

@@ -30,10 +30,15 @@ use tokio::sync::watch;
 
 use crate::{
     k8s::{EndpointSlice, Node, Pod, Secret, Service},
-    model::{Endpoint, PortSet, PortSnapshot, ServiceInfo, ServiceRef},
+    model::{
+        Endpoint, PortSet, PortSnapshot, ServiceInfo, ServiceRef, SnapshotVersion, diff_endpoints,
+    },
 };
 use service::ServiceState;
 use slice::SliceState;
+
+/// Numbers lookups across every index, so snapshot versions never collide.
+static NEXT_LOOKUP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// An index shared between its source (the writer) and the resolver (readers).
 pub type SharedIndex = Arc<parking_lot::Mutex<ClusterIndex>>;
@@ -161,8 +166,12 @@ impl ClusterIndex {
         if let Some(tx) = self.lookups.get(svc).and_then(|ports| ports.get(&port)) {
             return tx.subscribe();
         }
-        let snapshot = Arc::new(self.compute_port(svc, port, None));
-        let (tx, rx) = watch::channel(snapshot);
+        let mut snapshot = self.compute_port(svc, port, None);
+        snapshot.version = SnapshotVersion {
+            lookup: NEXT_LOOKUP.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            seq: 0,
+        };
+        let (tx, rx) = watch::channel(Arc::new(snapshot));
         self.lookups
             .entry(svc.clone())
             .or_default()
@@ -306,7 +315,11 @@ impl ClusterIndex {
         };
         let id = (owner.namespace.clone(), name.clone());
         // A slice that moved to another service (label edit) leaves the old one.
-        if self.slice_owners.get(&id).is_some_and(|prev| **prev != owner) {
+        if self
+            .slice_owners
+            .get(&id)
+            .is_some_and(|prev| **prev != owner)
+        {
             self.delete_endpoint_slice(&id.0, &id.1);
         }
         // Refer to pods by the keys the pod map already holds.
@@ -326,7 +339,10 @@ impl ClusterIndex {
             return;
         }
         let new_pods = state.pod_refs();
-        let old_pods = slices.insert(name, state).map(|s| s.pod_refs()).unwrap_or_default();
+        let old_pods = slices
+            .insert(name, state)
+            .map(|s| s.pod_refs())
+            .unwrap_or_default();
         self.slice_owners.insert(id, Arc::clone(&owner));
         self.track_pod_refs(&owner, &old_pods, &new_pods);
         self.refresh_service(&owner);
@@ -533,10 +549,12 @@ impl ClusterIndex {
                 self.remove_lookup(svc, port);
                 continue;
             }
-            let next = self.compute_port(svc, port, Some(&prev));
-            if *prev != next
+            let mut next = self.compute_port(svc, port, Some(&prev));
+            if !prev.same_content(&next)
                 && let Some(tx) = self.lookups.get(svc).and_then(|p| p.get(&port))
             {
+                next.version = prev.version.next();
+                next.delta = Some(Arc::new(diff_endpoints(&prev.endpoints, &next.endpoints)));
                 tx.send_replace(Arc::new(next));
             }
         }

@@ -47,7 +47,11 @@ pub(super) fn pod_ref(pod: &Pod) -> Option<PodRef> {
 
 impl PodInfo {
     /// Reads a Pod; `None` when it has no name.
-    pub(super) fn from_k8s(pod: &Pod, config: &IndexConfig, interner: &mut Interner) -> Option<Self> {
+    pub(super) fn from_k8s(
+        pod: &Pod,
+        config: &IndexConfig,
+        interner: &mut Interner,
+    ) -> Option<Self> {
         let key = pod_ref(pod)?;
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let name: Arc<str> = Arc::from(pod.metadata.name.as_deref()?);
@@ -148,7 +152,10 @@ impl PodInfo {
 
     /// The container port name of `port`, if the pod names it.
     fn port_name(&self, port: u16) -> Option<&str> {
-        self.port_names.iter().find(|(p, _)| *p == port).map(|(_, n)| n.as_str())
+        self.port_names
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, n)| n.as_str())
     }
 
     /// Whether traffic to `port` is opaque.

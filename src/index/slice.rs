@@ -42,7 +42,10 @@ pub(super) fn slice_id(slice: &EndpointSlice) -> Option<(String, String)> {
 
 impl SliceState {
     /// Reads a slice; `None` when it names no service or holds FQDN addresses.
-    pub fn from_k8s(slice: &EndpointSlice, interner: &mut Interner) -> Option<(ServiceRef, String, Self)> {
+    pub fn from_k8s(
+        slice: &EndpointSlice,
+        interner: &mut Interner,
+    ) -> Option<(ServiceRef, String, Self)> {
         let (namespace, name) = slice_id(slice)?;
         let service = slice
             .metadata
@@ -61,36 +64,37 @@ impl SliceState {
                 Some((p.name.clone().filter(|n| !n.is_empty()), port))
             })
             .collect();
-        let endpoints =
-            slice
-                .endpoints
-                .iter()
-                .flatten()
-                .map(|ep| {
-                    let pod = ep
-                        .target_ref
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .flatten()
+            .map(|ep| {
+                let pod = ep
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .and_then(|r| {
+                        Some(super::pod::pod_key(
+                            r.namespace.as_deref().unwrap_or(&namespace),
+                            r.name.as_deref()?,
+                        ))
+                    });
+                SliceEndpoint {
+                    addrs: ep.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                    // A missing condition means ready, as the API documents.
+                    ready: ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+                    hostname: ep.hostname.as_deref().map(Arc::from),
+                    node_name: ep.node_name.as_deref().map(|n| interner.str(n)),
+                    zone: ep.zone.as_deref().map(|z| interner.str(z)),
+                    hint_zones: ep
+                        .hints
                         .as_ref()
-                        .filter(|r| r.kind.as_deref() == Some("Pod"))
-                        .and_then(|r| {
-                            Some(super::pod::pod_key(
-                                r.namespace.as_deref().unwrap_or(&namespace),
-                                r.name.as_deref()?,
-                            ))
-                        });
-                    SliceEndpoint {
-                        addrs: ep.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
-                        // A missing condition means ready, as the API documents.
-                        ready: ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
-                        hostname: ep.hostname.as_deref().map(Arc::from),
-                        node_name: ep.node_name.as_deref().map(|n| interner.str(n)),
-                        zone: ep.zone.as_deref().map(|z| interner.str(z)),
-                        hint_zones: ep.hints.as_ref().and_then(|h| h.for_zones.as_ref()).map(
-                            |zones| zones.iter().map(|z| interner.str(&z.name)).collect(),
-                        ),
-                        pod,
-                    }
-                })
-                .collect();
+                        .and_then(|h| h.for_zones.as_ref())
+                        .map(|zones| zones.iter().map(|z| interner.str(&z.name)).collect()),
+                    pod,
+                }
+            })
+            .collect();
         let gateway = slice
             .metadata
             .annotations

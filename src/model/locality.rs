@@ -110,6 +110,9 @@ mod tests {
             endpoints: Arc::new(eps.into_iter().map(|e| (e.addr, e)).collect()),
             labels: Default::default(),
             internal_traffic_local: local,
+            all_hinted: false,
+            version: None,
+            delta: None,
         }
     }
 
@@ -143,6 +146,10 @@ mod tests {
             ],
             false,
         );
+        let set = EndpointSet {
+            all_hinted: true,
+            ..set
+        };
         let in_a = ClientLocality {
             node_name: None,
             zone: Some("east-1a".into()),

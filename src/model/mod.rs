@@ -17,4 +17,6 @@ pub use endpoint::{Endpoint, EndpointAddrs, ProtocolHint};
 pub use locality::{ClientLocality, ZoneLocality};
 pub use ports::{PortSet, PortSetError};
 pub use service::{FederatedMember, MirrorInfo, ServiceInfo, ServiceKind, ServiceRef};
-pub use snapshot::{EndpointDiff, EndpointSet, PortSnapshot, diff_endpoints};
+pub use snapshot::{
+    EndpointDiff, EndpointSet, PortSnapshot, SnapshotVersion, all_hinted, diff_endpoints,
+};

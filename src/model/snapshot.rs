@@ -4,6 +4,24 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use super::{Endpoint, EndpointAddrs, ServiceInfo};
 
+/// Identifies a snapshot: the lookup that published it and its place in that lookup's
+/// sequence, so that a stream can tell a snapshot follows the one it last sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotVersion {
+    pub lookup: u64,
+    pub seq: u64,
+}
+
+impl SnapshotVersion {
+    /// The version published after this one.
+    pub fn next(self) -> Self {
+        Self {
+            lookup: self.lookup,
+            seq: self.seq + 1,
+        }
+    }
+}
+
 /// What the index publishes for one (service, port) lookup in one cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortSnapshot {
@@ -11,6 +29,23 @@ pub struct PortSnapshot {
     pub service: Option<Arc<ServiceInfo>>,
     /// Ready endpoints for the port.
     pub endpoints: Arc<EndpointAddrs>,
+    pub version: SnapshotVersion,
+    /// The change from the previous version, computed once for every stream that has it.
+    pub delta: Option<Arc<EndpointDiff>>,
+    /// Every endpoint carries topology hints (so zone filtering applies).
+    pub all_hinted: bool,
+}
+
+impl PortSnapshot {
+    /// Whether two snapshots hold the same service and endpoints, whatever their versions.
+    pub fn same_content(&self, other: &Self) -> bool {
+        self.service == other.service && self.endpoints == other.endpoints
+    }
+}
+
+/// Whether every endpoint of a non-empty set carries topology hints.
+pub fn all_hinted(endpoints: &EndpointAddrs) -> bool {
+    !endpoints.is_empty() && endpoints.values().all(|e| e.hint_zones.is_some())
 }
 
 /// What the resolver hands to a stream: the merged answer for one authority.
@@ -23,6 +58,12 @@ pub struct EndpointSet {
     pub labels: Arc<BTreeMap<String, String>>,
     /// Only endpoints on the caller's node may be used.
     pub internal_traffic_local: bool,
+    /// Every endpoint carries topology hints.
+    pub all_hinted: bool,
+    /// Set when `endpoints` is exactly one lookup's snapshot, with its delta from the
+    /// previous version: streams that sent that version reuse the delta.
+    pub version: Option<SnapshotVersion>,
+    pub delta: Option<Arc<EndpointDiff>>,
 }
 
 /// The change from one endpoint map to another.
