@@ -21,7 +21,10 @@ use tonic::transport::{Channel, Endpoint};
 use crate::world;
 
 pub fn now_nanos() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
 }
 
 /// What one stream saw.
@@ -37,7 +40,11 @@ pub struct StreamRecord {
 }
 
 /// Opens `connections` HTTP/2 connections to `addr`.
-pub async fn connect(addr: SocketAddr, connections: usize, stream_window: Option<u32>) -> anyhow::Result<Vec<DestinationClient<Channel>>> {
+pub async fn connect(
+    addr: SocketAddr,
+    connections: usize,
+    stream_window: Option<u32>,
+) -> anyhow::Result<Vec<DestinationClient<Channel>>> {
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
         let channel = Endpoint::from_shared(format!("http://{addr}"))?
@@ -91,7 +98,12 @@ pub fn open_streams(
         .collect()
 }
 
-async fn read_stream(client: &mut DestinationClient<Channel>, authority: String, mut w: Watch, stall: bool) -> StreamRecord {
+async fn read_stream(
+    client: &mut DestinationClient<Channel>,
+    authority: String,
+    mut w: Watch,
+    stall: bool,
+) -> StreamRecord {
     let mut record = StreamRecord::default();
     let req = GetDestination {
         scheme: "k8s".into(),

@@ -58,7 +58,10 @@ impl Server {
             .context("cannot start the server child")?;
         let stdin = child.stdin.take().context("child stdin")?;
         let mut stdout = BufReader::new(child.stdout.take().context("child stdout")?).lines();
-        let line = stdout.next_line().await?.context("child exited before it was ready")?;
+        let line = stdout
+            .next_line()
+            .await?
+            .context("child exited before it was ready")?;
         let words: Vec<&str> = line.split_whitespace().collect();
         let ["ready", addr, load_us, rss] = words.as_slice() else {
             bail!("unexpected child output {line:?}");
@@ -150,7 +153,12 @@ struct Opened {
 }
 
 /// Starts a world, opens the streams, and waits for every first snapshot.
-async fn open(size: Size, send_timeout: Duration, stream_window: Option<u32>, stalled: impl Fn(usize) -> bool) -> Result<Opened> {
+async fn open(
+    size: Size,
+    send_timeout: Duration,
+    stream_window: Option<u32>,
+    stalled: impl Fn(usize) -> bool,
+) -> Result<Opened> {
     let spec = WorldSpec {
         services: size.services,
         endpoints: size.endpoints,
@@ -181,7 +189,10 @@ async fn open(size: Size, send_timeout: Duration, stream_window: Option<u32>, st
         },
         stalled,
     );
-    let all = client::wait_until(Duration::from_secs(120), || progress.firsts.load(Ordering::Relaxed) >= readers).await;
+    let all = client::wait_until(Duration::from_secs(120), || {
+        progress.firsts.load(Ordering::Relaxed) >= readers
+    })
+    .await;
     let first_snapshot_ms = started.elapsed().as_secs_f64() * 1e3;
     let open_failed = readers - progress.firsts.load(Ordering::Relaxed);
     if !all {
@@ -223,7 +234,10 @@ fn latencies(records: &[StreamRecord], applied: &BTreeMap<u32, u128>) -> (Value,
             }
         }
     }
-    let to_last: Vec<f64> = last.iter().map(|(id, at)| ms(*at as i128 - applied[id] as i128)).collect();
+    let to_last: Vec<f64> = last
+        .iter()
+        .map(|(id, at)| ms(*at as i128 - applied[id] as i128))
+        .collect();
     let n = each.len();
     (percentiles(each), percentiles(to_last), n)
 }
@@ -239,13 +253,21 @@ async fn idle(size: Size) -> Result<Value> {
     let cpu0 = o.server.cpu();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_cpu = o.server.cpu() - cpu0;
-    let (first_ms, rss_world, rss_before, load, failed) =
-        (o.first_snapshot_ms, o.rss_world_kib, o.server.rss_before_kib, o.server.load, o.open_failed);
+    let (first_ms, rss_world, rss_before, load, failed) = (
+        o.first_snapshot_ms,
+        o.rss_world_kib,
+        o.server.rss_before_kib,
+        o.server.load,
+        o.open_failed,
+    );
     let (server, records) = o.finish().await?;
     let (rss, hwm) = server.rss();
     let cpu = server.cpu();
     server.stop().await;
-    let full = records.iter().filter(|r| r.first.is_some_and(|(_, n)| n == size.endpoints)).count();
+    let full = records
+        .iter()
+        .filter(|r| r.first.is_some_and(|(_, n)| n == size.endpoints))
+        .count();
     let endpoints = size.services * size.endpoints;
     Ok(json!({
         "world_load_ms": round(load.as_secs_f64() * 1e3),
@@ -262,7 +284,13 @@ async fn idle(size: Size) -> Result<Value> {
 }
 
 /// fan-out: single-endpoint changes on one service watched by every stream.
-async fn fanout(size: Size, changes: usize, interval: Duration, stalled_pct: usize, send_timeout: Duration) -> Result<Value> {
+async fn fanout(
+    size: Size,
+    changes: usize,
+    interval: Duration,
+    stalled_pct: usize,
+    send_timeout: Duration,
+) -> Result<Value> {
     let stalled = move |i: usize| stalled_pct > 0 && i % (100 / stalled_pct) == 0;
     let window = (stalled_pct > 0).then_some(16 * 1024);
     let mut o = open(size, send_timeout, window, stalled).await?;
@@ -279,7 +307,10 @@ async fn fanout(size: Size, changes: usize, interval: Duration, stalled_pct: usi
     }
     let readers = (0..size.streams).filter(|i| !stalled(*i)).count();
     let progress = Arc::clone(&o.progress);
-    client::wait_until(Duration::from_secs(30), || progress.saw_final.load(Ordering::Relaxed) >= readers).await;
+    client::wait_until(Duration::from_secs(30), || {
+        progress.saw_final.load(Ordering::Relaxed) >= readers
+    })
+    .await;
     if stalled_pct > 0 {
         // Give the send timeout time to reset the stalled streams.
         tokio::time::sleep(send_timeout + Duration::from_secs(1)).await;
@@ -317,10 +348,17 @@ async fn rollout(size: Size, to: usize, steps: usize, interval: Duration) -> Res
         tokio::time::sleep(interval).await;
     }
     let progress = Arc::clone(&o.progress);
-    let all = client::wait_until(Duration::from_secs(30), || progress.converged.load(Ordering::Relaxed) >= size.streams).await;
+    let all = client::wait_until(Duration::from_secs(30), || {
+        progress.converged.load(Ordering::Relaxed) >= size.streams
+    })
+    .await;
     let (server, records) = o.finish().await?;
     server.stop().await;
-    let after_last: Vec<f64> = records.iter().filter_map(|r| r.converged).map(|c| ms(c as i128 - last_at as i128)).collect();
+    let after_last: Vec<f64> = records
+        .iter()
+        .filter_map(|r| r.converged)
+        .map(|c| ms(c as i128 - last_at as i128))
+        .collect();
     let worst = after_last.iter().copied().fold(0.0f64, f64::max);
     Ok(json!({
         "from": size.endpoints,
@@ -345,7 +383,10 @@ async fn churn(size: Size, rate: usize, duration: Duration) -> Result<Value> {
     let mut next = tokio::time::Instant::now();
     let mut k = 0usize;
     while started.elapsed() < duration {
-        let (id, at) = o.server.apply(&format!("replace {}", k % size.services)).await?;
+        let (id, at) = o
+            .server
+            .apply(&format!("replace {}", k % size.services))
+            .await?;
         applied.insert(id, at);
         k += 1;
         if rss_warm.is_none() && started.elapsed() >= warmup {
@@ -465,44 +506,114 @@ async fn run(opts: Options) -> Result<()> {
     let runs = opts.runs;
     if wanted("cold-start") {
         let (s, e) = if q { (100, 100) } else { (1000, 100) };
-        out.insert("cold-start".into(), median_of(runs, "/load_to_ready_ms", || cold_start(s, e)).await?);
+        out.insert(
+            "cold-start".into(),
+            median_of(runs, "/load_to_ready_ms", || cold_start(s, e)).await?,
+        );
     }
     if wanted("idle") {
-        let sz = if q { size(100, 100, 2500, 25) } else { size(1000, 100, 25_000, 250) };
-        out.insert("idle".into(), median_of(runs, "/rss_mib", || idle(sz)).await?);
+        let sz = if q {
+            size(100, 100, 2500, 25)
+        } else {
+            size(1000, 100, 25_000, 250)
+        };
+        out.insert(
+            "idle".into(),
+            median_of(runs, "/rss_mib", || idle(sz)).await?,
+        );
     }
     if wanted("idle-multicluster") {
-        let mut sz = if q { size(90, 100, 900, 9) } else { size(300, 100, 6_000, 60) };
+        let mut sz = if q {
+            size(90, 100, 900, 9)
+        } else {
+            size(300, 100, 6_000, 60)
+        };
         sz.clusters = 3;
-        out.insert("idle-multicluster".into(), median_of(runs, "/rss_mib", || idle(sz)).await?);
+        out.insert(
+            "idle-multicluster".into(),
+            median_of(runs, "/rss_mib", || idle(sz)).await?,
+        );
     }
     if wanted("fanout-1k") {
-        let (sz, n) = if q { (size(1, 100, 1000, 10), 5) } else { (size(1, 100, 1000, 10), 20) };
-        let v = median_of(runs, "/to_last_stream_ms/p99", || fanout(sz, n, Duration::from_millis(200), 0, Duration::from_secs(30))).await?;
+        let (sz, n) = if q {
+            (size(1, 100, 1000, 10), 5)
+        } else {
+            (size(1, 100, 1000, 10), 20)
+        };
+        let v = median_of(runs, "/to_last_stream_ms/p99", || {
+            fanout(
+                sz,
+                n,
+                Duration::from_millis(200),
+                0,
+                Duration::from_secs(30),
+            )
+        })
+        .await?;
         out.insert("fanout-1k".into(), v);
     }
     if wanted("fanout-25k") {
-        let (sz, n) = if q { (size(1, 100, 2500, 25), 5) } else { (size(1, 100, 25_000, 250), 20) };
-        let v = median_of(runs, "/to_last_stream_ms/p99", || fanout(sz, n, Duration::from_millis(300), 0, Duration::from_secs(30))).await?;
+        let (sz, n) = if q {
+            (size(1, 100, 2500, 25), 5)
+        } else {
+            (size(1, 100, 25_000, 250), 20)
+        };
+        let v = median_of(runs, "/to_last_stream_ms/p99", || {
+            fanout(
+                sz,
+                n,
+                Duration::from_millis(300),
+                0,
+                Duration::from_secs(30),
+            )
+        })
+        .await?;
         out.insert("fanout-25k".into(), v);
     }
     if wanted("rollout") {
-        let sz = if q { size(1, 500, 200, 4) } else { size(1, 500, 1000, 10) };
-        let v = median_of(runs, "/every_stream_converged_after_last_step_ms", || rollout(sz, 1000, 10, Duration::from_millis(100))).await?;
+        let sz = if q {
+            size(1, 500, 200, 4)
+        } else {
+            size(1, 500, 1000, 10)
+        };
+        let v = median_of(runs, "/every_stream_converged_after_last_step_ms", || {
+            rollout(sz, 1000, 10, Duration::from_millis(100))
+        })
+        .await?;
         out.insert("rollout".into(), v);
     }
     if wanted("churn") {
-        let (sz, d) = if q { (size(20, 100, 400, 4), 3) } else { (size(100, 100, 10_000, 100), 60) };
-        let v = median_of(runs, "/latency_ms/p99", || churn(sz, 200, Duration::from_secs(d))).await?;
+        let (sz, d) = if q {
+            (size(20, 100, 400, 4), 3)
+        } else {
+            (size(100, 100, 10_000, 100), 60)
+        };
+        let v = median_of(runs, "/latency_ms/p99", || {
+            churn(sz, 200, Duration::from_secs(d))
+        })
+        .await?;
         out.insert("churn".into(), v);
     }
     if wanted("slow-readers") {
-        let sz = if q { size(1, 100, 200, 4) } else { size(1, 100, 1000, 10) };
+        let sz = if q {
+            size(1, 100, 200, 4)
+        } else {
+            size(1, 100, 1000, 10)
+        };
         let n = if q { 5 } else { 20 };
         let timeout = Duration::from_secs(2);
-        let base = median_of(runs, "/latency_ms/p99", || fanout(sz, n, Duration::from_millis(100), 0, timeout)).await?;
-        let slow = median_of(runs, "/latency_ms/p99", || fanout(sz, n, Duration::from_millis(100), 1, timeout)).await?;
-        out.insert("slow-readers".into(), json!({"without_stalled": base, "with_1pct_stalled": slow, "send_timeout_s": 2}));
+        let base = median_of(runs, "/latency_ms/p99", || {
+            fanout(sz, n, Duration::from_millis(100), 0, timeout)
+        })
+        .await?;
+        let slow = median_of(runs, "/latency_ms/p99", || {
+            fanout(sz, n, Duration::from_millis(100), 1, timeout)
+        })
+        .await?;
+        out.insert(
+            "slow-readers".into(),
+            json!({"without_stalled": base, "with_1pct_stalled": slow, "send_timeout_s": 2}),
+        );
     }
     let report = json!({
         "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "quick": q},
@@ -511,7 +622,9 @@ async fn run(opts: Options) -> Result<()> {
     print_table(&report);
     let text = serde_json::to_string_pretty(&report)?;
     match opts.json {
-        Some(path) => std::fs::write(&path, text).with_context(|| format!("cannot write {path}"))?,
+        Some(path) => {
+            std::fs::write(&path, text).with_context(|| format!("cannot write {path}"))?
+        }
         None => println!("{text}"),
     }
     Ok(())
@@ -519,31 +632,56 @@ async fn run(opts: Options) -> Result<()> {
 
 /// A human summary: one line per scenario with its main figures.
 fn print_table(report: &Value) {
-    let get = |v: &Value, p: &str| v.pointer(p).map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+    let get = |v: &Value, p: &str| {
+        v.pointer(p)
+            .map(|x| x.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
     println!("{:<18} {}", "scenario", "figures");
     if let Some(Value::Object(s)) = report.get("scenarios") {
         for (name, v) in s {
             let line = match name.as_str() {
-                "cold-start" => format!("{} endpoints loaded in {} ms, {} B/endpoint", get(v, "/endpoints"), get(v, "/load_to_ready_ms"), get(v, "/bytes_per_endpoint")),
+                "cold-start" => format!(
+                    "{} endpoints loaded in {} ms, {} B/endpoint",
+                    get(v, "/endpoints"),
+                    get(v, "/load_to_ready_ms"),
+                    get(v, "/bytes_per_endpoint")
+                ),
                 "idle" | "idle-multicluster" => format!(
                     "RSS {} MiB (peak {}), {} B/endpoint, {} B/stream, all first snapshots in {} ms, idle CPU {}/s",
-                    get(v, "/rss_mib"), get(v, "/peak_rss_mib"), get(v, "/bytes_per_endpoint"), get(v, "/bytes_per_stream"),
-                    get(v, "/all_first_snapshots_ms"), get(v, "/idle_cpu_s_per_s")
+                    get(v, "/rss_mib"),
+                    get(v, "/peak_rss_mib"),
+                    get(v, "/bytes_per_endpoint"),
+                    get(v, "/bytes_per_stream"),
+                    get(v, "/all_first_snapshots_ms"),
+                    get(v, "/idle_cpu_s_per_s")
                 ),
                 "fanout-1k" | "fanout-25k" => format!(
                     "each stream p50 {} p99 {} max {} ms; last stream p99 {} max {} ms; {} updates/s",
-                    get(v, "/latency_ms/p50"), get(v, "/latency_ms/p99"), get(v, "/latency_ms/max"),
-                    get(v, "/to_last_stream_ms/p99"), get(v, "/to_last_stream_ms/max"), get(v, "/updates_per_s")
+                    get(v, "/latency_ms/p50"),
+                    get(v, "/latency_ms/p99"),
+                    get(v, "/latency_ms/max"),
+                    get(v, "/to_last_stream_ms/p99"),
+                    get(v, "/to_last_stream_ms/max"),
+                    get(v, "/updates_per_s")
                 ),
-                "rollout" => format!("every stream converged {} ms after the last step", get(v, "/every_stream_converged_after_last_step_ms")),
+                "rollout" => format!(
+                    "every stream converged {} ms after the last step",
+                    get(v, "/every_stream_converged_after_last_step_ms")
+                ),
                 "churn" => format!(
                     "{} changes/s: lag p50 {} p99 {} ms; RSS {} -> {} MiB ({}%)",
-                    get(v, "/changes_per_s"), get(v, "/latency_ms/p50"), get(v, "/latency_ms/p99"),
-                    get(v, "/rss_after_warmup_mib"), get(v, "/rss_end_mib"), get(v, "/rss_growth_pct")
+                    get(v, "/changes_per_s"),
+                    get(v, "/latency_ms/p50"),
+                    get(v, "/latency_ms/p99"),
+                    get(v, "/rss_after_warmup_mib"),
+                    get(v, "/rss_end_mib"),
+                    get(v, "/rss_growth_pct")
                 ),
                 "slow-readers" => format!(
                     "p99 {} ms without, {} ms with 1% stalled; {} stalled streams reset",
-                    get(v, "/without_stalled/latency_ms/p99"), get(v, "/with_1pct_stalled/latency_ms/p99"),
+                    get(v, "/without_stalled/latency_ms/p99"),
+                    get(v, "/with_1pct_stalled/latency_ms/p99"),
                     get(v, "/with_1pct_stalled/stalled_streams_reset")
                 ),
                 _ => v.to_string(),
@@ -560,6 +698,8 @@ fn main() -> Result<()> {
         return world::run_child(spec);
     }
     let opts = parse_options()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run(opts))
 }

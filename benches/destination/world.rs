@@ -100,9 +100,15 @@ fn config(name: &str) -> IndexConfig {
     IndexConfig {
         cluster_name: Arc::from(name),
         cluster_domain: "cluster.local".into(),
-        trust_domain: if name == "local" { "cluster.local".into() } else { format!("{name}.example") },
+        trust_domain: if name == "local" {
+            "cluster.local".into()
+        } else {
+            format!("{name}.example")
+        },
         control_plane_ns: "linkerd".into(),
-        default_opaque_ports: Arc::new(PortSet::parse_strict("25,587,3306,4444,5432,6379,9300,11211").unwrap_or_default()),
+        default_opaque_ports: Arc::new(
+            PortSet::parse_strict("25,587,3306,4444,5432,6379,9300,11211").unwrap_or_default(),
+        ),
     }
 }
 
@@ -110,7 +116,12 @@ fn meta(name: String, labels: &[(&str, String)]) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(NAMESPACE.into()),
-        labels: (!labels.is_empty()).then(|| labels.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()),
+        labels: (!labels.is_empty()).then(|| {
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect()
+        }),
         ..Default::default()
     }
 }
@@ -119,7 +130,10 @@ fn mk_pod(svc: usize, id: u32) -> Pod {
     Pod {
         metadata: meta(
             format!("svc-{svc}-{id}"),
-            &[("app", format!("svc-{svc}")), ("linkerd.io/control-plane-ns", "linkerd".into())],
+            &[
+                ("app", format!("svc-{svc}")),
+                ("linkerd.io/control-plane-ns", "linkerd".into()),
+            ],
         ),
         spec: Some(PodSpec {
             service_account_name: Some(format!("svc-{svc}")),
@@ -202,7 +216,13 @@ impl World {
                 index.apply_node(&Node {
                     metadata: ObjectMeta {
                         name: Some(format!("node-{n}")),
-                        labels: Some([("topology.kubernetes.io/zone".to_string(), format!("zone-{}", n % 3))].into()),
+                        labels: Some(
+                            [(
+                                "topology.kubernetes.io/zone".to_string(),
+                                format!("zone-{}", n % 3),
+                            )]
+                            .into(),
+                        ),
                         ..Default::default()
                     },
                     ..Default::default()
@@ -271,19 +291,28 @@ impl World {
         let chunk = pos / SLICE_SIZE;
         let mut index = self.clusters[state.cluster].index.lock();
         index.apply_pod(&mk_pod(svc, id));
-        index.apply_endpoint_slice(&mk_slice(svc, chunk, &state.ids[chunk * SLICE_SIZE..((chunk + 1) * SLICE_SIZE).min(state.ids.len())]));
+        index.apply_endpoint_slice(&mk_slice(
+            svc,
+            chunk,
+            &state.ids[chunk * SLICE_SIZE..((chunk + 1) * SLICE_SIZE).min(state.ids.len())],
+        ));
         index.delete_pod(NAMESPACE, &format!("svc-{svc}-{old}"));
         id
     }
 }
 
 fn now_nanos() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
 }
 
 /// The child process: build, serve, obey stdin.
 pub fn run_child(spec: WorldSpec) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let rss_before = crate::proc::rss_kib(std::process::id()).0;
     let started = Instant::now();
     let mut world = World::build(&spec);
