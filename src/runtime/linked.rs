@@ -105,11 +105,17 @@ pub struct LinkedKubeClusters {
     pub base: IndexConfig,
 }
 
+/// How long a newly linked cluster may take to list its objects before it joins the
+/// cluster set anyway (then stale, so its state shows in the metrics).
+const LINK_SYNC_GRACE: Duration = Duration::from_secs(10);
+
 /// A linked cluster being watched.
 struct RunningCluster {
     spec: LinkedClusterSpec,
     handle: ClusterHandle,
     stop: watch::Sender<bool>,
+    /// When it was linked, while it has not joined the cluster set yet.
+    pending_since: Option<tokio::time::Instant>,
 }
 
 impl LinkedKubeClusters {
@@ -158,23 +164,57 @@ impl LinkedKubeClusters {
                         if let Some(old) = running.remove(name) {
                             let _ = old.stop.send(true);
                         }
+                        if let Some(old) = running.remove(name) {
+                            let _ = old.stop.send(true);
+                            self.clusters.remove(name);
+                        }
                         let handle = self.new_handle(spec);
                         let stop = start_kube_source(&handle, spec).await;
-                        self.clusters.insert(handle.clone());
-                        info!(cluster = %name, secret = %spec.secret, "linked cluster");
+                        info!(cluster = %name, secret = %spec.secret, "linking cluster");
                         running.insert(
                             name.clone(),
                             RunningCluster {
                                 spec: spec.clone(),
                                 handle,
                                 stop,
+                                pending_since: Some(tokio::time::Instant::now()),
                             },
                         );
                     }
                 }
             }
+            // A cluster joins once its initial lists are in, so streams never see its
+            // endpoints before their pods (identities) are known.
+            let mut pending = false;
+            for (name, cluster) in running.iter_mut() {
+                let Some(since) = cluster.pending_since else {
+                    continue;
+                };
+                let synced = cluster.handle.status.is_synced();
+                if synced || since.elapsed() >= LINK_SYNC_GRACE {
+                    cluster.pending_since = None;
+                    self.clusters.insert(cluster.handle.clone());
+                    match synced {
+                        true => info!(cluster = %name, "linked cluster"),
+                        false => warn!(
+                            cluster = %name,
+                            error = cluster.handle.status.last_error().unwrap_or_default(),
+                            "linked cluster not listed yet; serving it as stale"
+                        ),
+                    }
+                } else {
+                    pending = true;
+                }
+            }
+            let poll = async {
+                match pending {
+                    true => tokio::time::sleep(Duration::from_millis(20)).await,
+                    false => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 r = specs.changed() => if r.is_err() { break },
+                _ = poll => {}
                 _ = shutdown.wait_for(|s| *s) => break,
             }
         }
