@@ -25,7 +25,7 @@ use kube::{
 use tokio::{sync::watch, task::JoinSet};
 use tracing::{Instrument, info, info_span, warn};
 
-pub use objects::{EventBuffer, Handled, Indexed};
+pub use objects::{Change, EventBuffer, Indexed};
 
 use crate::{
     index::{ClusterHandle, ClusterStatus},
@@ -132,8 +132,11 @@ impl Watch {
                 };
                 match event {
                     Some(Ok(event)) => {
-                        let handled = buffer.handle(&mut self.cluster.index.lock(), event);
-                        if handled == Handled::Listed {
+                        let Some(change) = buffer.push(event) else {
+                            continue;
+                        };
+                        change.apply_to(&mut self.cluster.index.lock());
+                        if let Change::Reset(_) = change {
                             backoff.reset();
                             self.health.listed(self.kind);
                         }

@@ -237,9 +237,9 @@ impl Indexed for Secret {
     }
 }
 
-/// Turns one watcher's events into index calls: a relist (`Init`, `InitApply`*,
-/// `InitDone`) is buffered and applied as one `reset_*`, so objects deleted while the
-/// watch was down leave the index.
+/// Turns one watcher's events into index changes: a relist (`Init`, `InitApply`*,
+/// `InitDone`) is buffered and becomes one reset, so objects deleted while the watch was
+/// down leave the index, and readers see the old objects until the new list is whole.
 #[derive(Debug)]
 pub struct EventBuffer<K> {
     relist: Option<Vec<K>>,
@@ -251,51 +251,47 @@ impl<K> Default for EventBuffer<K> {
     }
 }
 
-/// What an event did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Handled {
-    /// A full list is in: the index holds exactly the cluster's objects of this kind.
-    Listed,
-    /// A relist started or went on.
-    Listing,
-    /// One object changed.
-    Changed,
+/// What an event asks of the index.
+#[derive(Debug)]
+pub enum Change<K> {
+    Apply(K),
+    Delete(K),
+    /// A full list: the index must hold exactly these objects of the kind.
+    Reset(Vec<K>),
 }
 
 impl<K: Indexed> EventBuffer<K> {
-    /// Applies one event to `index`.
-    pub fn handle(&mut self, index: &mut ClusterIndex, event: Event<K>) -> Handled {
+    /// Takes one event; returns what the index must do, if anything yet.
+    pub fn push(&mut self, event: Event<K>) -> Option<Change<K>> {
         match event {
             Event::Init => {
                 self.relist = Some(Vec::new());
-                Handled::Listing
+                None
             }
             Event::InitApply(obj) => {
                 let obj = obj.trim();
                 match self.relist.as_mut() {
                     Some(buffer) => {
                         buffer.push(obj);
-                        Handled::Listing
+                        None
                     }
-                    None => {
-                        K::apply(index, &obj);
-                        Handled::Changed
-                    }
+                    None => Some(Change::Apply(obj)),
                 }
             }
-            Event::InitDone => {
-                let objs = self.relist.take().unwrap_or_default();
-                K::reset(index, &objs);
-                Handled::Listed
-            }
-            Event::Apply(obj) => {
-                K::apply(index, &obj.trim());
-                Handled::Changed
-            }
-            Event::Delete(obj) => {
-                K::delete(index, &obj);
-                Handled::Changed
-            }
+            Event::InitDone => Some(Change::Reset(self.relist.take().unwrap_or_default())),
+            Event::Apply(obj) => Some(Change::Apply(obj.trim())),
+            Event::Delete(obj) => Some(Change::Delete(obj)),
+        }
+    }
+}
+
+impl<K: Indexed> Change<K> {
+    /// Applies the change to the index.
+    pub fn apply_to(&self, index: &mut ClusterIndex) {
+        match self {
+            Change::Apply(obj) => K::apply(index, obj),
+            Change::Delete(obj) => K::delete(index, obj),
+            Change::Reset(objs) => K::reset(index, objs),
         }
     }
 }

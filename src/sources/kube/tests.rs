@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use kube::runtime::watcher::Event;
 use serde_json::json;
 
-use super::{Backoff, EventBuffer, Handled, Health, Indexed, MAX_BACKOFF, MIN_BACKOFF};
+use super::{Backoff, Change, EventBuffer, Health, Indexed, MAX_BACKOFF, MIN_BACKOFF};
 use crate::{
     index::{ClusterIndex, ClusterStatus, IndexConfig},
     k8s::{EndpointSlice, Node, Pod, Secret, Service},
@@ -113,7 +113,7 @@ fn served(pod: &Pod) -> Vec<String> {
     let web = crate::model::ServiceRef::new("ns", "web");
     let mut out: Vec<String> = [80, 81, 82]
         .into_iter()
-        .map(|port| format!("{:?}", index.endpoints_rx(&web, port).borrow()))
+        .map(|port| format!("{:?}", index.endpoints_rx(&web, port).borrow().endpoints))
         .collect();
     for port in [8080, 8081, 9090] {
         let addr = std::net::SocketAddr::from(([10, 0, 0, 1], port));
@@ -187,51 +187,61 @@ fn trimmed_services_and_slices_drop_managed_fields() {
     assert_eq!(trimmed.endpoints.map(|e| e.len()), Some(1));
 }
 
+/// Feeds events to the index as the source does; returns how many full lists came.
+fn feed<K: Indexed>(
+    index: &mut ClusterIndex,
+    buffer: &mut EventBuffer<K>,
+    events: impl IntoIterator<Item = Event<K>>,
+) -> usize {
+    let mut lists = 0;
+    for e in events {
+        if let Some(change) = buffer.push(e) {
+            change.apply_to(index);
+            lists += usize::from(matches!(change, Change::Reset(_)));
+        }
+    }
+    lists
+}
+
 #[test]
 fn a_relist_replaces_the_kind_at_init_done() {
     let mut index = ClusterIndex::new(mk_config());
     let mut buffer = EventBuffer::<Service>::default();
-    let events = [
+    let listing = [
         Event::Init,
         Event::InitApply(mk_service("a")),
         Event::InitApply(mk_service("b")),
     ];
-    for e in events {
-        assert_eq!(buffer.handle(&mut index, e), Handled::Listing);
-    }
+    assert_eq!(feed(&mut index, &mut buffer, listing), 0);
     assert_eq!(
         index.counts().services,
         0,
         "nothing applied before InitDone"
     );
-    assert_eq!(buffer.handle(&mut index, Event::InitDone), Handled::Listed);
+    assert_eq!(feed(&mut index, &mut buffer, [Event::InitDone]), 1);
     assert_eq!(index.counts().services, 2);
 
-    assert_eq!(
-        buffer.handle(&mut index, Event::Apply(mk_service("c"))),
-        Handled::Changed
-    );
-    assert_eq!(
-        buffer.handle(&mut index, Event::Delete(mk_service("a"))),
-        Handled::Changed
-    );
+    let changes = [
+        Event::Apply(mk_service("c")),
+        Event::Delete(mk_service("a")),
+    ];
+    assert_eq!(feed(&mut index, &mut buffer, changes), 0);
     assert_eq!(index.counts().services, 2);
 
     // A relist after a broken watch: "b" was deleted meanwhile, "d" created.
     let mut buffer = EventBuffer::<Service>::default();
-    for e in [
+    let relist = [
         Event::Init,
         Event::InitApply(mk_service("c")),
         Event::InitApply(mk_service("d")),
-    ] {
-        buffer.handle(&mut index, e);
-    }
+    ];
+    feed(&mut index, &mut buffer, relist);
     assert_eq!(
         index.counts().services,
         2,
         "old objects serve until the list is in"
     );
-    buffer.handle(&mut index, Event::InitDone);
+    feed(&mut index, &mut buffer, [Event::InitDone]);
     assert_eq!(index.counts().services, 2);
     let mut b = index.service_rx(&crate::model::ServiceRef::new("ns", "b"));
     assert!(b.borrow_and_update().is_none());
@@ -243,10 +253,9 @@ fn a_relist_replaces_the_kind_at_init_done() {
 fn an_empty_relist_removes_everything() {
     let mut index = ClusterIndex::new(mk_config());
     let mut buffer = EventBuffer::<Node>::default();
-    buffer.handle(&mut index, Event::Apply(mk_node("n1", "z")));
+    feed(&mut index, &mut buffer, [Event::Apply(mk_node("n1", "z"))]);
     assert_eq!(index.counts().nodes, 1);
-    buffer.handle(&mut index, Event::Init);
-    buffer.handle(&mut index, Event::InitDone);
+    feed(&mut index, &mut buffer, [Event::Init, Event::InitDone]);
     assert_eq!(index.counts().nodes, 0);
 }
 
@@ -254,10 +263,24 @@ fn an_empty_relist_removes_everything() {
 fn pods_are_deleted_by_name() {
     let mut index = ClusterIndex::new(mk_config());
     let mut buffer = EventBuffer::<Pod>::default();
-    buffer.handle(&mut index, Event::Apply(mk_full_pod()));
+    feed(&mut index, &mut buffer, [Event::Apply(mk_full_pod())]);
     assert_eq!(index.counts().pods, 1);
-    buffer.handle(&mut index, Event::Delete(mk_full_pod()));
+    feed(&mut index, &mut buffer, [Event::Delete(mk_full_pod())]);
     assert_eq!(index.counts().pods, 0);
+}
+
+#[test]
+fn objects_are_trimmed_before_they_are_held() {
+    let mut buffer = EventBuffer::<Pod>::default();
+    assert!(buffer.push(Event::Init).is_none());
+    assert!(buffer.push(Event::InitApply(mk_full_pod())).is_none());
+    match buffer.push(Event::InitDone) {
+        Some(Change::Reset(pods)) => {
+            assert_eq!(pods.len(), 1);
+            assert!(pods[0].metadata.managed_fields.is_none());
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
 }
 
 #[test]
