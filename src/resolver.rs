@@ -65,6 +65,7 @@ impl Resolver {
             set_labels: Arc::default(),
             started: false,
             relink: false,
+            planned_for: None,
         }
     }
 }
@@ -109,6 +110,8 @@ pub struct EndpointStream {
     started: bool,
     /// The linked clusters changed since members were last opened.
     relink: bool,
+    /// The Service the current plan was made for.
+    planned_for: Option<Arc<ServiceInfo>>,
 }
 
 type ChangedFuture<'a> = Pin<Box<dyn Future<Output = Changed> + Send + 'a>>;
@@ -132,6 +135,10 @@ impl EndpointStream {
 
     /// Waits until the root, a member or the linked clusters change.
     async fn changed(&mut self) -> Option<()> {
+        // The common case, a service's own endpoints, waits on one channel without allocating.
+        if !self.plan.uses_linked && self.members.iter().all(|m| m.rx.is_none()) {
+            return self.root.changed().await.ok();
+        }
         let Self {
             root,
             linked,
@@ -173,12 +180,21 @@ impl EndpointStream {
         let root = Arc::clone(&self.root.borrow_and_update());
         let Some(service) = root.service.clone() else {
             self.set_plan(Plan::default());
+            self.planned_for = None;
             return Ok(Arc::new(EndpointSet::default()));
         };
-        let plan = self.plan_for(&service)?;
-        if plan != self.plan || std::mem::take(&mut self.relink) {
-            self.set_labels = Arc::new(set_labels(&service, &plan));
+        // The plan depends only on the Service (and on which clusters are linked).
+        let same_service = self
+            .planned_for
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, &service));
+        if !same_service || std::mem::take(&mut self.relink) {
+            let plan = self.plan_for(&service)?;
+            if plan != self.plan || !same_service {
+                self.set_labels = Arc::new(set_labels(&service, &plan));
+            }
             self.set_plan(plan);
+            self.planned_for = Some(Arc::clone(&service));
         }
         let mut set = self.merge(&root);
         set.exists = true;

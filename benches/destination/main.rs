@@ -297,12 +297,14 @@ async fn fanout(
     let cpu0 = o.server.cpu();
     let started = Instant::now();
     let mut applied = BTreeMap::new();
-    for k in 0..changes {
+    // Ids are allocated in order: the world took the first services x endpoints.
+    let floor = (size.services * size.endpoints) as u32;
+    o.progress
+        .final_id
+        .store(floor + changes as u32 - 1, Ordering::Relaxed);
+    for _ in 0..changes {
         let (id, at) = o.server.apply("replace 0").await?;
         applied.insert(id, at);
-        if k + 1 == changes {
-            o.progress.final_id.store(id, Ordering::Relaxed);
-        }
         tokio::time::sleep(interval).await;
     }
     let readers = (0..size.streams).filter(|i| !stalled(*i)).count();

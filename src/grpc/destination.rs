@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 use tracing::{Instrument, debug, info_span};
@@ -21,13 +22,14 @@ use super::{
     DESTINATION_SERVICE_NAME, convert,
     framing::{self, Frame, MessageBody},
     profile,
+    shared::{EncodedDelta, SharedDeltas, UpdateKind},
 };
 use crate::{
     index::AddrTarget,
     metrics::{Metrics, RpcLabels, UpdateLabels},
     model::{
-        Authority, ClientLocality, ContextToken, EndpointAddrs, PortSet, ServiceAuthority,
-        ServiceRef, SnapshotVersion, diff_endpoints,
+        Authority, ClientLocality, ContextToken, EndpointAddrs, EndpointDiff, EndpointSet, PortSet,
+        ServiceAuthority, ServiceRef, SnapshotVersion, diff_endpoints,
     },
     proto::destination::{self as pb, update},
     resolver::{EndpointStream, ResolveError, Resolver},
@@ -51,6 +53,7 @@ pub struct DestinationService {
     settings: Arc<StreamSettings>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    shared: Arc<SharedDeltas>,
 }
 
 const GET_PATH: &str = "/io.linkerd.proxy.destination.Destination/Get";
@@ -72,6 +75,7 @@ impl DestinationService {
             settings: Arc::new(settings),
             metrics,
             shutdown,
+            shared: Arc::default(),
         }
     }
 
@@ -149,6 +153,7 @@ impl DestinationService {
             settings: Arc::clone(&self.settings),
             metrics: Arc::clone(&self.metrics),
             local_cluster: Arc::clone(&self.resolver.clusters().local().name),
+            shared: Arc::clone(&self.shared),
         };
         let span = info_span!("get", authority = %req.path);
         tokio::spawn(task.run(first, self.shutdown.clone()).instrument(span));
@@ -239,16 +244,13 @@ enum SendError {
     TimedOut,
 }
 
-async fn send<M: prost::Message>(
+async fn send(
     tx: &mpsc::Sender<Frame>,
-    msg: &M,
+    msg: Bytes,
     timeout: Duration,
     metrics: &Metrics,
 ) -> Result<(), SendError> {
-    match tx
-        .send_timeout(Frame::Message(framing::encode(msg)), timeout)
-        .await
-    {
+    match tx.send_timeout(Frame::Message(msg), timeout).await {
         Ok(()) => Ok(()),
         Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(SendError::Closed),
         Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
@@ -265,14 +267,11 @@ struct EndpointTask {
     settings: Arc<StreamSettings>,
     metrics: Arc<Metrics>,
     local_cluster: Arc<str>,
+    shared: Arc<SharedDeltas>,
 }
 
 impl EndpointTask {
-    async fn run(
-        mut self,
-        first: Arc<crate::model::EndpointSet>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn run(mut self, first: Arc<EndpointSet>, mut shutdown: watch::Receiver<bool>) {
         let _open = OpenStream::new(&self.metrics, "Get");
         let counter = |kind| {
             self.metrics
@@ -299,54 +298,56 @@ impl EndpointTask {
             let view = self.client.filter(&set);
             let unfiltered = Arc::ptr_eq(&view, &set.endpoints);
             // The usual case: the client holds the previous version of the same lookup, so
-            // the delta the index computed once serves every such stream.
+            // the delta the index computed once, encoded once, serves every such stream.
             let shared_delta = set
                 .delta
                 .as_ref()
                 .filter(|_| unfiltered && sent_version.map(SnapshotVersion::next) == set.version);
-            let updates = match &sent {
-                Some((exists, before)) if *exists == set.exists => {
-                    let computed;
-                    let diff = match shared_delta {
-                        Some(delta) => &**delta,
-                        None => {
-                            computed = diff_endpoints(before, &view);
-                            &computed
-                        }
-                    };
-                    let mut updates = Vec::with_capacity(2);
-                    if !diff.removed.is_empty() {
-                        updates.push(convert::remove(diff.removed.iter().copied()));
-                    }
-                    if !diff.added.is_empty() {
-                        updates.push(convert::add(
-                            &diff.added,
-                            &set.labels,
-                            &self.client,
-                            &self.local_cluster,
-                        ));
-                    }
-                    updates
+            let frames: EncodedDelta = match (&sent, shared_delta) {
+                (Some((true, _)), Some(delta)) if set.exists => {
+                    self.shared
+                        .get_or_encode(delta, &set.labels, self.client.zone.as_ref(), || {
+                            self.encode_diff(delta, &set)
+                        })
                 }
-                Some((true, _)) if !set.exists => vec![convert::no_endpoints(false)],
-                _ => vec![convert::full_update(
-                    set.exists,
-                    &view,
-                    &set.labels,
-                    &self.client,
-                    &self.local_cluster,
-                )],
+                (Some((exists, before)), _) if *exists == set.exists => {
+                    let diff = diff_endpoints(before, &view);
+                    self.encode_diff(&diff, &set).into()
+                }
+                (Some((true, _)), _) if !set.exists => vec![(
+                    UpdateKind::NoEndpoints,
+                    framing::encode(&convert::no_endpoints(false)),
+                )]
+                .into(),
+                _ => {
+                    let update = convert::full_update(
+                        set.exists,
+                        &view,
+                        &set.labels,
+                        &self.client,
+                        &self.local_cluster,
+                    );
+                    let kind = match update.update {
+                        Some(update::Update::Add(_)) => UpdateKind::Add,
+                        _ => UpdateKind::NoEndpoints,
+                    };
+                    vec![(kind, framing::encode(&update))].into()
+                }
             };
-            for u in updates {
-                let counter = match &u.update {
-                    Some(update::Update::Add(_)) => &adds,
-                    Some(update::Update::Remove(_)) => &removes,
-                    _ => &no_endpoints,
-                };
-                match send(&self.tx, &u, self.settings.send_timeout, &self.metrics).await {
-                    Ok(()) => {
-                        counter.inc();
-                    }
+            for (kind, bytes) in frames.iter() {
+                match send(
+                    &self.tx,
+                    bytes.clone(),
+                    self.settings.send_timeout,
+                    &self.metrics,
+                )
+                .await
+                {
+                    Ok(()) => match kind {
+                        UpdateKind::Add => adds.inc(),
+                        UpdateKind::Remove => removes.inc(),
+                        UpdateKind::NoEndpoints => no_endpoints.inc(),
+                    },
                     Err(SendError::Closed) => return,
                     Err(SendError::TimedOut) => {
                         debug!("client stopped reading; resetting the stream");
@@ -357,7 +358,7 @@ impl EndpointTask {
                             ))));
                         return;
                     }
-                }
+                };
             }
             sent_version = set.version.filter(|_| unfiltered && set.exists);
             sent = Some((set.exists, if set.exists { view } else { Arc::default() }));
@@ -367,6 +368,20 @@ impl EndpointTask {
                 _ = shutdown.wait_for(|s| *s) => return,
             };
         }
+    }
+
+    /// A diff as framed messages: a remove of what went, then an add of what came.
+    fn encode_diff(&self, diff: &EndpointDiff, set: &EndpointSet) -> Vec<(UpdateKind, Bytes)> {
+        let mut frames = Vec::with_capacity(2);
+        if !diff.removed.is_empty() {
+            let remove = convert::remove(diff.removed.iter().copied());
+            frames.push((UpdateKind::Remove, framing::encode(&remove)));
+        }
+        if !diff.added.is_empty() {
+            let add = convert::add(&diff.added, &set.labels, &self.client, &self.local_cluster);
+            frames.push((UpdateKind::Add, framing::encode(&add)));
+        }
+        frames
     }
 }
 
@@ -427,7 +442,7 @@ impl ProfileTask {
             if last.as_ref() != Some(&profile) {
                 if send(
                     &self.tx,
-                    &profile,
+                    framing::encode(&profile),
                     self.settings.send_timeout,
                     &self.metrics,
                 )

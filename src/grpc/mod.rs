@@ -4,6 +4,7 @@ pub mod convert;
 mod destination;
 pub mod framing;
 mod profile;
+mod shared;
 
 pub use destination::{DestinationService, StreamSettings};
 
