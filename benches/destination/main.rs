@@ -291,7 +291,7 @@ async fn fanout(
     stalled_pct: usize,
     send_timeout: Duration,
 ) -> Result<Value> {
-    let stalled = move |i: usize| stalled_pct > 0 && i % (100 / stalled_pct) == 0;
+    let stalled = move |i: usize| stalled_pct > 0 && i.is_multiple_of(100 / stalled_pct);
     let window = (stalled_pct > 0).then_some(16 * 1024);
     let mut o = open(size, send_timeout, window, stalled).await?;
     let cpu0 = o.server.cpu();
@@ -639,7 +639,7 @@ fn print_table(report: &Value) {
             .map(|x| x.to_string())
             .unwrap_or_else(|| "-".into())
     };
-    println!("{:<18} {}", "scenario", "figures");
+    println!("{:<18} figures", "scenario");
     if let Some(Value::Object(s)) = report.get("scenarios") {
         for (name, v) in s {
             let line = match name.as_str() {

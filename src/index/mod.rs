@@ -324,10 +324,10 @@ impl ClusterIndex {
         }
         // Refer to pods by the keys the pod map already holds.
         for ep in &mut state.endpoints {
-            if let Some(pod) = ep.pod.as_mut() {
-                if let Some((key, _)) = self.pods.get_key_value(&**pod) {
-                    *pod = Arc::clone(key);
-                }
+            if let Some(pod) = ep.pod.as_mut()
+                && let Some((key, _)) = self.pods.get_key_value(&**pod)
+            {
+                *pod = Arc::clone(key);
             }
         }
         let owner: Arc<ServiceRef> = match self.slices.get_key_value(&owner) {
