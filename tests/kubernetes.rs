@@ -22,7 +22,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use meshlink::{
-    k8s::link::Link,
+    k8s::link::{Link, LinkTarget},
     runtime::{self, cli::LinkArgs, cli::ServeArgs},
 };
 use serde_json::json;
@@ -64,7 +64,7 @@ async fn kubernetes_source_against_real_api_servers() {
     )
     .await;
     let (mut west, mut fed) = step(
-        "a credentials Secret links west (remote discovery, federated)",
+        "refused credentials leave west stale; `meshlink link` links it (remote discovery, federated)",
         link_west(&world),
     )
     .await;
@@ -364,6 +364,28 @@ async fn link_west(world: &World) -> (Tracked, Tracked) {
     let mut fed = get(world, "web-federated", WEB_FED).await;
     fed.converge(&["10.1.0.2:8080", "10.1.0.3:8080"]).await;
 
+    // Credentials west refuses (401): west is linked but stale, and serves nothing.
+    let bogus = world
+        .env
+        .token_kubeconfig("west", "not-a-token", "bogus.kubeconfig");
+    let target = LinkTarget {
+        cluster_name: "west".into(),
+        namespace: "linkerd".into(),
+        trust_domain: "west.example".into(),
+        cluster_domain: "cluster.local".into(),
+        target_linkerd_namespace: "linkerd".into(),
+        gateway: None,
+    };
+    let secret = target.credentials_secret(&std::fs::read_to_string(bogus).expect("kubeconfig"));
+    apply::<Secret>(&world.local, serde_json::to_value(&secret).expect("JSON")).await;
+    eventually("west is linked, stale", || async {
+        metric(world, "meshlink_cluster_linked{cluster=\"west\"} 1").await
+            && metric(world, "meshlink_cluster_stale{cluster=\"west\"} 1").await
+    })
+    .await;
+    assert!(remote.endpoints.is_empty());
+
+    // The real credentials: the same cluster is read with them.
     let output = link_output(world, "meshlink-remote-access").await;
     assert!(output.contains("kind: Link"), "{output}");
     apply_yaml(&world.local, &output).await;

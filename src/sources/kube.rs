@@ -67,29 +67,28 @@ impl KubeSource {
         ));
         let all = watcher::Config::default();
         let mut tasks = JoinSet::new();
-        let ctx = |kind: &'static str| Watch {
+        let ctx = || Watch {
             cluster: self.cluster.clone(),
             health: Arc::clone(&health),
             shutdown: shutdown.clone(),
-            kind,
         };
         tasks.spawn(
-            ctx(Service::KIND)
+            ctx()
                 .run(Api::<Service>::all(self.client.clone()), all.clone())
                 .instrument(info_span!("watch", kind = Service::KIND)),
         );
         tasks.spawn(
-            ctx(EndpointSlice::KIND)
+            ctx()
                 .run(Api::<EndpointSlice>::all(self.client.clone()), all.clone())
                 .instrument(info_span!("watch", kind = EndpointSlice::KIND)),
         );
         tasks.spawn(
-            ctx(Pod::KIND)
+            ctx()
                 .run(Api::<Pod>::all(self.client.clone()), all.clone())
                 .instrument(info_span!("watch", kind = Pod::KIND)),
         );
         tasks.spawn(
-            ctx(Node::KIND)
+            ctx()
                 .run(Api::<Node>::all(self.client.clone()), all.clone())
                 .instrument(info_span!("watch", kind = Node::KIND)),
         );
@@ -98,7 +97,7 @@ impl KubeSource {
             let credentials = watcher::Config::default()
                 .fields(&format!("type={}", labels::REMOTE_KUBECONFIG_SECRET_TYPE));
             tasks.spawn(
-                ctx(Secret::KIND)
+                ctx()
                     .run(
                         Api::<Secret>::namespaced(self.client.clone(), ns),
                         credentials,
@@ -115,7 +114,6 @@ struct Watch {
     cluster: ClusterHandle,
     health: Arc<Health>,
     shutdown: watch::Receiver<bool>,
-    kind: &'static str,
 }
 
 impl Watch {
@@ -138,7 +136,7 @@ impl Watch {
                         change.apply_to(&mut self.cluster.index.lock());
                         if let Change::Reset(_) = change {
                             backoff.reset();
-                            self.health.listed(self.kind);
+                            self.health.listed(K::KIND);
                         }
                     }
                     Some(Err(e)) => break e.to_string(),
@@ -146,7 +144,7 @@ impl Watch {
                 }
             };
             let delay = backoff.next_delay();
-            self.health.failed(self.kind, &error, delay);
+            self.health.failed(K::KIND, &error, delay);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.shutdown.wait_for(|s| *s) => return,
@@ -185,12 +183,19 @@ impl Health {
             info!("initial lists are in");
             self.status.set_synced();
         }
-        if state.failing.remove(kind).is_some() {
+        let recovered = state.failing.remove(kind).is_some();
+        if recovered {
             info!("reading the API server again");
-            match state.failing.values().next() {
-                Some(other) => self.status.set_stale(other.clone()),
-                None => self.status.set_healthy(),
+        }
+        match state.failing.values().next() {
+            Some(other) if recovered => self.status.set_stale(other.clone()),
+            Some(_) => {}
+            // Fresh once every kind is listed and none fails, whatever made it stale
+            // before (also an earlier source of the cluster, e.g. unusable credentials).
+            None if state.never_listed.is_empty() && self.status.is_stale() => {
+                self.status.set_healthy()
             }
+            None => {}
         }
     }
 

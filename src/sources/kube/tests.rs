@@ -306,6 +306,17 @@ fn synced_once_every_kind_was_listed_and_stale_while_one_fails() {
 }
 
 #[test]
+fn a_new_source_clears_what_made_the_cluster_stale_once_it_listed_everything() {
+    let status = Arc::new(ClusterStatus::default());
+    status.set_stale("cannot use the kubeconfig".into());
+    let health = Health::new(Arc::clone(&status), ["Service", "Pod"]);
+    health.listed("Service");
+    assert!(status.is_stale(), "Pods are not listed yet");
+    health.listed("Pod");
+    assert!(!status.is_stale());
+}
+
+#[test]
 fn backoff_grows_to_its_cap_and_resets() {
     let mut b = Backoff::default();
     let first = b.next_delay();
