@@ -14,6 +14,7 @@
 //! ```
 
 mod client;
+mod kube_mode;
 mod proc;
 mod world;
 
@@ -444,6 +445,8 @@ struct Options {
     scenario: Option<String>,
     json: Option<String>,
     runs: usize,
+    kubeconfig: Option<std::path::PathBuf>,
+    target: Option<SocketAddr>,
 }
 
 fn parse_options() -> Result<Options> {
@@ -452,6 +455,8 @@ fn parse_options() -> Result<Options> {
         scenario: None,
         json: None,
         runs: 1,
+        kubeconfig: None,
+        target: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -460,11 +465,15 @@ fn parse_options() -> Result<Options> {
             "--scenario" => o.scenario = Some(args.next().context("--scenario NAME")?),
             "--json" => o.json = Some(args.next().context("--json PATH")?),
             "--runs" => o.runs = args.next().context("--runs N")?.parse()?,
+            "--kubeconfig" => o.kubeconfig = Some(args.next().context("--kubeconfig PATH")?.into()),
+            "--target" => o.target = Some(args.next().context("--target HOST:PORT")?.parse()?),
             "--bench" => {}
             "--help" | "-h" => {
                 println!(
                     "usage: destination [--quick] [--scenario NAME] [--runs N] [--json PATH]\n\
-                     scenarios: cold-start idle fanout-1k fanout-25k rollout churn slow-readers"
+                     scenarios: cold-start idle idle-multicluster fanout-1k fanout-25k rollout churn slow-readers\n\
+                     with --kubeconfig PATH --target HOST:PORT: changes go through that API server,\n\
+                     streams are held on the target destination server"
                 );
                 std::process::exit(0);
             }
@@ -496,6 +505,32 @@ where
 
 async fn run(opts: Options) -> Result<()> {
     let q = opts.quick;
+    if let Some(kubeconfig) = opts.kubeconfig.clone() {
+        let target = opts
+            .target
+            .context("--kubeconfig needs --target HOST:PORT (the destination server to measure)")?;
+        let (services, endpoints, streams, connections, changes) = if q {
+            (4, 20, 200, 4, 5)
+        } else {
+            (10, 100, 1000, 10, 20)
+        };
+        let v = kube_mode::run(kube_mode::KubeOptions {
+            kubeconfig,
+            target,
+            services,
+            endpoints,
+            streams,
+            connections,
+            changes,
+            interval: Duration::from_millis(200),
+        })
+        .await?;
+        let report = json!({
+            "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "quick": q},
+            "scenarios": {"kube-fanout": v},
+        });
+        return emit(&report, opts.json);
+    }
     let size = |services, endpoints, streams, connections| Size {
         services,
         endpoints,
@@ -621,9 +656,14 @@ async fn run(opts: Options) -> Result<()> {
         "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "quick": q},
         "scenarios": Value::Object(out),
     });
-    print_table(&report);
-    let text = serde_json::to_string_pretty(&report)?;
-    match opts.json {
+    emit(&report, opts.json)
+}
+
+/// Prints the table, and the JSON to `json` (a path) or to stdout.
+fn emit(report: &Value, json: Option<String>) -> Result<()> {
+    print_table(report);
+    let text = serde_json::to_string_pretty(report)?;
+    match json {
         Some(path) => {
             std::fs::write(&path, text).with_context(|| format!("cannot write {path}"))?
         }
@@ -666,6 +706,13 @@ fn print_table(report: &Value) {
                     get(v, "/to_last_stream_ms/p99"),
                     get(v, "/to_last_stream_ms/max"),
                     get(v, "/updates_per_s")
+                ),
+                "kube-fanout" => format!(
+                    "through the API server to {}: each stream p50 {} p99 {} ms; last stream p99 {} ms",
+                    get(v, "/target"),
+                    get(v, "/latency_ms/p50"),
+                    get(v, "/latency_ms/p99"),
+                    get(v, "/to_last_stream_ms/p99")
                 ),
                 "rollout" => format!(
                     "every stream converged {} ms after the last step",

@@ -27,7 +27,8 @@ use tokio::sync::watch;
 
 pub const NAMESPACE: &str = "bench";
 pub const PORT: u16 = 8080;
-const SLICE_SIZE: usize = 100;
+/// Endpoints per EndpointSlice, as Kubernetes' controller does.
+pub const SLICE_SIZE: usize = 100;
 const ADDR_BASE: u32 = 0x0B00_0000;
 
 /// The address of endpoint `id`.
@@ -126,7 +127,8 @@ fn meta(name: String, labels: &[(&str, String)]) -> ObjectMeta {
     }
 }
 
-fn mk_pod(svc: usize, id: u32) -> Pod {
+/// Pod `id` of service `svc`: meshed, with its service's account.
+pub fn mk_pod(svc: usize, id: u32) -> Pod {
     Pod {
         metadata: meta(
             format!("svc-{svc}-{id}"),
@@ -147,7 +149,8 @@ fn mk_pod(svc: usize, id: u32) -> Pod {
     }
 }
 
-fn mk_slice(svc: usize, chunk: usize, ids: &[u32]) -> EndpointSlice {
+/// The `chunk`th EndpointSlice of service `svc`, holding endpoints `ids`.
+pub fn mk_slice(svc: usize, chunk: usize, ids: &[u32]) -> EndpointSlice {
     EndpointSlice {
         metadata: meta(
             format!("svc-{svc}-{chunk}"),
@@ -181,7 +184,8 @@ fn mk_slice(svc: usize, chunk: usize, ids: &[u32]) -> EndpointSlice {
     }
 }
 
-fn mk_service(name: String, labels: &[(&str, String)]) -> Service {
+/// A Service with one port, `http` 8080.
+pub fn mk_service(name: String, labels: &[(&str, String)]) -> Service {
     Service {
         metadata: meta(name, labels),
         spec: Some(ServiceSpec {
