@@ -22,7 +22,7 @@ use super::{
     DESTINATION_SERVICE_NAME, convert,
     framing::{self, Frame, MessageBody},
     profile,
-    shared::{EncodedDelta, SharedDeltas, UpdateKind},
+    shared::{EncodedDelta, EncodedUpdates, SharedDeltas, UpdateKind},
 };
 use crate::{
     index::AddrTarget,
@@ -312,13 +312,12 @@ impl EndpointTask {
                 }
                 (Some((exists, before)), _) if *exists == set.exists => {
                     let diff = diff_endpoints(before, &view);
-                    self.encode_diff(&diff, &set).into()
+                    Arc::new(EncodedUpdates::join(self.encode_diff(&diff, &set)))
                 }
-                (Some((true, _)), _) if !set.exists => vec![(
+                (Some((true, _)), _) if !set.exists => Arc::new(EncodedUpdates::join(vec![(
                     UpdateKind::NoEndpoints,
                     framing::encode(&convert::no_endpoints(false)),
-                )]
-                .into(),
+                )])),
                 _ => {
                     let update = convert::full_update(
                         set.exists,
@@ -331,23 +330,27 @@ impl EndpointTask {
                         Some(update::Update::Add(_)) => UpdateKind::Add,
                         _ => UpdateKind::NoEndpoints,
                     };
-                    vec![(kind, framing::encode(&update))].into()
+                    Arc::new(EncodedUpdates::join(vec![(kind, framing::encode(&update))]))
                 }
             };
-            for (kind, bytes) in frames.iter() {
+            if !frames.bytes.is_empty() {
                 match send(
                     &self.tx,
-                    bytes.clone(),
+                    frames.bytes.clone(),
                     self.settings.send_timeout,
                     &self.metrics,
                 )
                 .await
                 {
-                    Ok(()) => match kind {
-                        UpdateKind::Add => adds.inc(),
-                        UpdateKind::Remove => removes.inc(),
-                        UpdateKind::NoEndpoints => no_endpoints.inc(),
-                    },
+                    Ok(()) => {
+                        for kind in &frames.kinds {
+                            match kind {
+                                UpdateKind::Add => adds.inc(),
+                                UpdateKind::Remove => removes.inc(),
+                                UpdateKind::NoEndpoints => no_endpoints.inc(),
+                            };
+                        }
+                    }
                     Err(SendError::Closed) => return,
                     Err(SendError::TimedOut) => {
                         debug!("client stopped reading; resetting the stream");

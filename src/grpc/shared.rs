@@ -23,8 +23,39 @@ pub enum UpdateKind {
     NoEndpoints,
 }
 
-/// Framed messages with their kinds: for a delta, a remove, then an add, as present.
-pub type EncodedDelta = Arc<[(UpdateKind, Bytes)]>;
+/// Framed messages written together (one send, one HTTP/2 DATA frame), with the kind of
+/// each for the update counters.
+#[derive(Debug)]
+pub struct EncodedUpdates {
+    pub kinds: Vec<UpdateKind>,
+    pub bytes: Bytes,
+}
+
+impl EncodedUpdates {
+    /// Joins framed messages, in order, into one buffer.
+    pub fn join(frames: Vec<(UpdateKind, Bytes)>) -> Self {
+        let kinds = frames.iter().map(|(k, _)| *k).collect();
+        let bytes = match frames.len() {
+            1 => frames
+                .into_iter()
+                .next()
+                .map(|(_, b)| b)
+                .unwrap_or_default(),
+            _ => {
+                let mut joined =
+                    bytes::BytesMut::with_capacity(frames.iter().map(|(_, b)| b.len()).sum());
+                for (_, b) in &frames {
+                    joined.extend_from_slice(b);
+                }
+                joined.freeze()
+            }
+        };
+        Self { kinds, bytes }
+    }
+}
+
+/// The messages of one delta: a remove, then an add, as present.
+pub type EncodedDelta = Arc<EncodedUpdates>;
 
 struct Entry {
     delta: Weak<EndpointDiff>,
@@ -75,7 +106,7 @@ impl SharedDeltas {
             return Arc::clone(&e.frames);
         }
         // Encode outside the lock; a concurrent stream may do the same once, harmlessly.
-        let frames: EncodedDelta = encode().into();
+        let frames: EncodedDelta = Arc::new(EncodedUpdates::join(encode()));
         let mut entries = shard.lock();
         entries.retain(|e| e.delta.strong_count() > 0);
         entries.push(Entry {
