@@ -191,7 +191,7 @@ impl EndpointStream {
         if !same_service || std::mem::take(&mut self.relink) {
             let plan = self.plan_for(&service)?;
             if plan != self.plan || !same_service {
-                self.set_labels = Arc::new(set_labels(&service, &plan));
+                self.set_labels = Arc::clone(&service.labels);
             }
             self.set_plan(plan);
             self.planned_for = Some(Arc::clone(&service));
@@ -340,25 +340,4 @@ impl EndpointStream {
             ..EndpointSet::default()
         }
     }
-}
-
-/// Labels describing the whole set: the service, and where a mirror points.
-fn set_labels(service: &ServiceInfo, plan: &Plan) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    labels.insert("service".to_string(), service.service.name.clone());
-    labels.insert("namespace".to_string(), service.service.namespace.clone());
-    if let [Source::Linked { cluster, service }] = plan.members.as_slice() {
-        labels.insert("target_cluster".into(), cluster.clone());
-        labels.insert("target_service".into(), service.name.clone());
-        labels.insert("target_service_namespace".into(), service.namespace.clone());
-    } else if let Some(mirror) = &service.mirror {
-        labels.insert("target_cluster".into(), mirror.cluster.clone());
-        let remote = mirror.remote_fqn.as_deref().unwrap_or_default();
-        let mut parts = remote.split('.');
-        if let (Some(name), Some(ns)) = (parts.next(), parts.next()) {
-            labels.insert("target_service".into(), name.to_string());
-            labels.insert("target_service_namespace".into(), ns.to_string());
-        }
-    }
-    labels
 }

@@ -296,6 +296,7 @@ async fn fanout(
     let window = (stalled_pct > 0).then_some(16 * 1024);
     let mut o = open(size, send_timeout, window, stalled).await?;
     let cpu0 = o.server.cpu();
+    let client_cpu0 = proc::cpu_seconds(std::process::id());
     let started = Instant::now();
     let mut applied = BTreeMap::new();
     // Ids are allocated in order: the world took the first services x endpoints.
@@ -320,6 +321,7 @@ async fn fanout(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = o.server.cpu() - cpu0;
+    let client_cpu = proc::cpu_seconds(std::process::id()) - client_cpu0;
     let timeouts = o.server.timeouts().await?;
     let (server, records) = o.finish().await?;
     let (rss, hwm) = server.rss();
@@ -336,6 +338,8 @@ async fn fanout(
         "rss_mib": round(rss as f64 / 1024.0),
         "peak_rss_mib": round(hwm as f64 / 1024.0),
         "cpu_s": round(cpu),
+        "server_cpu_us_per_update": round(cpu * 1e6 / n.max(1) as f64),
+        "client_cpu_s": round(client_cpu),
     }))
 }
 

@@ -16,7 +16,7 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, debug_span};
 
 use super::{
     DESTINATION_SERVICE_NAME, convert,
@@ -155,7 +155,8 @@ impl DestinationService {
             local_cluster: Arc::clone(&self.resolver.clusters().local().name),
             shared: Arc::clone(&self.shared),
         };
-        let span = info_span!("get", authority = %req.path);
+        // Debug level: a span entered on every poll of every stream costs at scale.
+        let span = debug_span!("get", authority = %req.path);
         tokio::spawn(task.run(first, self.shutdown.clone()).instrument(span));
         Ok(MessageBody::new(rx))
     }
@@ -169,7 +170,7 @@ impl DestinationService {
             metrics: Arc::clone(&self.metrics),
         };
         let index = &self.resolver.clusters().local().index;
-        let span = info_span!("get_profile", authority = %req.path);
+        let span = debug_span!("get_profile", authority = %req.path);
         match authority {
             Authority::Service(s) => {
                 let svc_rx = index

@@ -136,6 +136,11 @@ impl ServiceState {
             opaque_ports,
             port_names,
             mirror,
+            labels: Arc::default(),
+        };
+        let info = ServiceInfo {
+            labels: Arc::new(info.set_labels()),
+            ..info
         };
         Some(Self {
             info: Arc::new(info),

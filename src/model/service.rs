@@ -1,6 +1,6 @@
 //! What the index knows about a Service, already interpreted: its kind decides how it resolves.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use super::PortSet;
 
@@ -74,9 +74,58 @@ pub struct ServiceInfo {
     /// Named service ports, so opaque ports can be listed by name.
     pub port_names: Vec<(u16, String)>,
     pub mirror: Option<MirrorInfo>,
+    /// The metric labels of the service's endpoint set, made once (by [`Self::set_labels`])
+    /// and shared by every stream of the service so streams can compare them by pointer.
+    pub labels: Arc<BTreeMap<String, String>>,
 }
 
 impl ServiceInfo {
+    /// Labels describing the service's endpoint set: the service, and where a mirror points.
+    pub fn set_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        labels.insert("service".to_string(), self.service.name.clone());
+        labels.insert("namespace".to_string(), self.service.namespace.clone());
+        let remote = match &self.kind {
+            ServiceKind::RemoteDiscovery {
+                cluster,
+                service: Some(service),
+            } => Some((
+                cluster.clone(),
+                service.clone(),
+                self.service.namespace.clone(),
+            )),
+            ServiceKind::Federated { members } => match members.as_slice() {
+                [
+                    FederatedMember {
+                        cluster: Some(cluster),
+                        service,
+                    },
+                ] => Some((
+                    cluster.clone(),
+                    service.clone(),
+                    self.service.namespace.clone(),
+                )),
+                _ => None,
+            },
+            _ => self.mirror.as_ref().map(|m| {
+                let mut parts = m.remote_fqn.as_deref().unwrap_or_default().split('.');
+                let (name, ns) = (
+                    parts.next().unwrap_or_default(),
+                    parts.next().unwrap_or_default(),
+                );
+                (m.cluster.clone(), name.to_string(), ns.to_string())
+            }),
+        };
+        if let Some((cluster, service, namespace)) = remote {
+            labels.insert("target_cluster".into(), cluster);
+            if !service.is_empty() && !namespace.is_empty() {
+                labels.insert("target_service".into(), service);
+                labels.insert("target_service_namespace".into(), namespace);
+            }
+        }
+        labels
+    }
+
     /// Whether traffic to service port `port` is opaque: the service's own list when
     /// annotated, else `defaults`.
     pub fn is_opaque(&self, port: u16, defaults: &PortSet) -> bool {
