@@ -16,3 +16,6 @@ echo "== cargo test"
 cargo test --locked
 echo "== smoke test of the README commands"
 ./scripts/smoke.sh
+echo "== benchmark, quick mode (in-process world, then through a real API server)"
+cargo bench --locked --bench destination -- --quick --json target/bench-quick.json
+./scripts/bench-kube.sh --quick --json target/bench-kube-quick.json
