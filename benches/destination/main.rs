@@ -34,6 +34,7 @@ use tokio::{
 };
 
 use client::{Progress, StreamRecord, Watch};
+
 use world::WorldSpec;
 
 /// A running child server.
@@ -250,10 +251,12 @@ fn kib_per(delta_kib: u64, n: usize) -> f64 {
 /// idle scale: memory of the world and of open streams.
 async fn idle(size: Size) -> Result<Value> {
     let o = open(size, Duration::from_secs(30), None, |_| false).await?;
-    let rss_streams = o.server.rss().0;
+    let rss_burst = o.server.rss().0;
     let cpu0 = o.server.cpu();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Idle with every stream open: what the streams hold once the first snapshots are sent.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let idle_cpu = o.server.cpu() - cpu0;
+    let (rss_streams, peak) = o.server.rss();
     let (first_ms, rss_world, rss_before, load, failed) = (
         o.first_snapshot_ms,
         o.rss_world_kib,
@@ -262,7 +265,6 @@ async fn idle(size: Size) -> Result<Value> {
         o.open_failed,
     );
     let (server, records) = o.finish().await?;
-    let (rss, hwm) = server.rss();
     let cpu = server.cpu();
     server.stop().await;
     let full = records
@@ -275,11 +277,12 @@ async fn idle(size: Size) -> Result<Value> {
         "all_first_snapshots_ms": round(first_ms),
         "streams_with_full_first_snapshot": full,
         "streams_failed": failed,
-        "rss_mib": round(rss as f64 / 1024.0),
-        "peak_rss_mib": round(hwm as f64 / 1024.0),
+        "rss_mib": round(rss_streams as f64 / 1024.0),
+        "rss_right_after_first_snapshots_mib": round(rss_burst as f64 / 1024.0),
+        "peak_rss_mib": round(peak as f64 / 1024.0),
         "bytes_per_endpoint": kib_per(rss_world.saturating_sub(rss_before), endpoints),
         "bytes_per_stream": kib_per(rss_streams.saturating_sub(rss_world), size.streams),
-        "idle_cpu_s_per_s": round(idle_cpu / 2.0),
+        "idle_cpu_s_per_s": round(idle_cpu / 5.0),
         "cpu_s": round(cpu),
     }))
 }
@@ -451,6 +454,8 @@ struct Options {
     runs: usize,
     kubeconfig: Option<std::path::PathBuf>,
     target: Option<SocketAddr>,
+    /// `--size S,E,N,M` overrides the idle scenario's sizes.
+    size: Option<[usize; 4]>,
 }
 
 fn parse_options() -> Result<Options> {
@@ -461,6 +466,7 @@ fn parse_options() -> Result<Options> {
         runs: 1,
         kubeconfig: None,
         target: None,
+        size: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -471,6 +477,19 @@ fn parse_options() -> Result<Options> {
             "--runs" => o.runs = args.next().context("--runs N")?.parse()?,
             "--kubeconfig" => o.kubeconfig = Some(args.next().context("--kubeconfig PATH")?.into()),
             "--target" => o.target = Some(args.next().context("--target HOST:PORT")?.parse()?),
+            "--size" => {
+                let v: Vec<usize> = args
+                    .next()
+                    .context("--size S,E,N,M")?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+                o.size = Some(v.try_into().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--size takes four numbers: services,endpoints,streams,connections"
+                    )
+                })?);
+            }
             "--bench" => {}
             "--help" | "-h" => {
                 println!(
@@ -553,7 +572,9 @@ async fn run(opts: Options) -> Result<()> {
         );
     }
     if wanted("idle") {
-        let sz = if q {
+        let sz = if let Some([s, e, n, m]) = opts.size {
+            size(s, e, n, m)
+        } else if q {
             size(100, 100, 2500, 25)
         } else {
             size(1000, 100, 25_000, 250)

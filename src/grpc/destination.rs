@@ -364,8 +364,12 @@ impl EndpointTask {
                     }
                 };
             }
+            // Release the encoded messages before waiting: an idle stream would otherwise
+            // hold its largest message (the first snapshot) for as long as it stays open.
+            drop(frames);
             sent_version = set.version.filter(|_| unfiltered && set.exists);
             sent = Some((set.exists, if set.exists { view } else { Arc::default() }));
+            drop(set);
             next = tokio::select! {
                 n = self.stream.next() => n,
                 _ = self.tx.closed() => return,
