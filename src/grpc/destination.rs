@@ -287,6 +287,12 @@ impl EndpointTask {
         // The snapshot version the client holds, when it holds one lookup's set unfiltered.
         let mut sent_version: Option<SnapshotVersion> = None;
         let mut next = Some(Ok(first));
+        // Made once, not per update: registering and dropping waiters on every change
+        // showed in profiles at 25,000 streams.
+        let client_gone = self.tx.closed();
+        tokio::pin!(client_gone);
+        let shutting_down = shutdown.wait_for(|s| *s);
+        tokio::pin!(shutting_down);
         loop {
             let set = match next.take() {
                 Some(Ok(set)) => set,
@@ -372,8 +378,8 @@ impl EndpointTask {
             drop(set);
             next = tokio::select! {
                 n = self.stream.next() => n,
-                _ = self.tx.closed() => return,
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = &mut client_gone => return,
+                _ = &mut shutting_down => return,
             };
         }
     }
