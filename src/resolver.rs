@@ -188,7 +188,8 @@ impl EndpointStream {
             .planned_for
             .as_ref()
             .is_some_and(|s| Arc::ptr_eq(s, &service));
-        if !same_service || std::mem::take(&mut self.relink) {
+        let relink = std::mem::take(&mut self.relink);
+        if !same_service || relink {
             let plan = self.plan_for(&service)?;
             if plan != self.plan || !same_service {
                 self.set_labels = Arc::clone(&service.labels);

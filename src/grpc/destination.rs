@@ -14,13 +14,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tonic::Status;
 use tracing::{Instrument, debug, debug_span};
 
 use super::{
     DESTINATION_SERVICE_NAME, convert,
-    framing::{self, Frame, MessageBody},
+    framing::{self, MessageBody, MessageSender, SendError},
     profile,
     shared::{EncodedDelta, EncodedUpdates, SharedDeltas, UpdateKind},
 };
@@ -145,7 +145,7 @@ impl DestinationService {
             Some(Err(e)) => return Err(resolve_status(e)),
             None => return Err(Status::unavailable("the server is shutting down")),
         };
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (tx, body) = framing::channel(STREAM_BUFFER);
         let task = EndpointTask {
             stream,
             client,
@@ -158,12 +158,12 @@ impl DestinationService {
         // Debug level: a span entered on every poll of every stream costs at scale.
         let span = debug_span!("get", authority = %req.path);
         tokio::spawn(task.run(first, self.shutdown.clone()).instrument(span));
-        Ok(MessageBody::new(rx))
+        Ok(body)
     }
 
     fn get_profile(&self, req: pb::GetDestination) -> Result<MessageBody, Status> {
         let authority = self.parse(&req)?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (tx, body) = framing::channel(STREAM_BUFFER);
         let task = ProfileTask {
             tx,
             settings: Arc::clone(&self.settings),
@@ -189,7 +189,7 @@ impl DestinationService {
                 );
             }
         }
-        Ok(MessageBody::new(rx))
+        Ok(body)
     }
 }
 
@@ -237,34 +237,24 @@ impl Drop for OpenStream {
     }
 }
 
-/// Why a stream stopped sending.
-enum SendError {
-    /// The client went away.
-    Closed,
-    /// The client stopped reading.
-    TimedOut,
-}
-
+/// Queues a message; a client that stopped reading is counted.
 async fn send(
-    tx: &mpsc::Sender<Frame>,
+    tx: &MessageSender,
     msg: Bytes,
     timeout: Duration,
     metrics: &Metrics,
 ) -> Result<(), SendError> {
-    match tx.send_timeout(Frame::Message(msg), timeout).await {
-        Ok(()) => Ok(()),
-        Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(SendError::Closed),
-        Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-            metrics.stream_send_timeouts.inc();
-            Err(SendError::TimedOut)
-        }
+    let result = tx.send(msg, timeout).await;
+    if let Err(SendError::TimedOut) = result {
+        metrics.stream_send_timeouts.inc();
     }
+    result
 }
 
 struct EndpointTask {
     stream: EndpointStream,
     client: ClientLocality,
-    tx: mpsc::Sender<Frame>,
+    tx: MessageSender,
     settings: Arc<StreamSettings>,
     metrics: Arc<Metrics>,
     local_cluster: Arc<str>,
@@ -297,7 +287,7 @@ impl EndpointTask {
             let set = match next.take() {
                 Some(Ok(set)) => set,
                 Some(Err(e)) => {
-                    let _ = self.tx.send(Frame::End(Box::new(resolve_status(e)))).await;
+                    self.tx.end(resolve_status(e));
                     return;
                 }
                 None => return,
@@ -360,12 +350,9 @@ impl EndpointTask {
                     }
                     Err(SendError::Closed) => return,
                     Err(SendError::TimedOut) => {
-                        debug!("client stopped reading; resetting the stream");
-                        let _ = self
-                            .tx
-                            .try_send(Frame::End(Box::new(Status::deadline_exceeded(
-                                "client did not read updates",
-                            ))));
+                        debug!("client stopped reading; ending the stream");
+                        self.tx
+                            .end(Status::deadline_exceeded("client did not read updates"));
                         return;
                     }
                 };
@@ -400,7 +387,7 @@ impl EndpointTask {
 }
 
 struct ProfileTask {
-    tx: mpsc::Sender<Frame>,
+    tx: MessageSender,
     settings: Arc<StreamSettings>,
     metrics: Arc<Metrics>,
 }

@@ -7,11 +7,13 @@
 
 use std::{
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -20,14 +22,6 @@ const PREFIX: usize = 5;
 
 /// The largest request we accept: a `GetDestination` is a few hundred bytes.
 const MAX_REQUEST: usize = 64 * 1024;
-
-/// What a stream task hands to its response body.
-pub enum Frame {
-    /// An encoded, length-prefixed message.
-    Message(Bytes),
-    /// The end of the stream with this status (boxed: a Status is large and rare).
-    End(Box<Status>),
-}
 
 /// Encodes `msg` with its gRPC length prefix into a buffer of exactly its size.
 pub fn encode<M: prost::Message>(msg: &M) -> Bytes {
@@ -71,21 +65,68 @@ pub async fn decode_request<M: prost::Message + Default>(
         .map_err(|e| Status::invalid_argument(format!("cannot decode the request: {e}")))
 }
 
+/// Why a message could not be handed to the response body.
+pub enum SendError {
+    /// The client went away.
+    Closed,
+    /// The client did not take messages within the timeout.
+    TimedOut,
+}
+
+/// The stream task's end of a response: framed messages, and how the stream ends.
+pub struct MessageSender {
+    tx: mpsc::Sender<Bytes>,
+    end: Arc<Mutex<Option<Status>>>,
+}
+
 /// A response body fed by a stream task: messages, then `grpc-status` trailers.
 pub struct MessageBody {
-    rx: mpsc::Receiver<Frame>,
+    rx: mpsc::Receiver<Bytes>,
+    end: Arc<Mutex<Option<Status>>>,
     finished: bool,
 }
 
-impl MessageBody {
-    /// A body reading the frames sent on `rx`; a closed channel ends with status OK.
-    pub fn new(rx: mpsc::Receiver<Frame>) -> Self {
-        Self {
+/// A sender and the body it feeds; at most `buffer` messages wait between them.
+pub fn channel(buffer: usize) -> (MessageSender, MessageBody) {
+    let (tx, rx) = mpsc::channel(buffer);
+    let end = Arc::new(Mutex::new(None));
+    (
+        MessageSender {
+            tx,
+            end: Arc::clone(&end),
+        },
+        MessageBody {
             rx,
+            end,
             finished: false,
+        },
+    )
+}
+
+impl MessageSender {
+    /// Queues a framed message, waiting at most `timeout` for room.
+    pub async fn send(&self, msg: Bytes, timeout: std::time::Duration) -> Result<(), SendError> {
+        match self.tx.send_timeout(msg, timeout).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(SendError::Closed),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(SendError::TimedOut),
         }
     }
 
+    /// Ends the stream with `status` as soon as the body is next polled, ahead of queued
+    /// messages; it needs no room in the queue, so a stalled client cannot block it. The
+    /// body wakes when the sender is dropped, which the caller does next.
+    pub fn end(&self, status: Status) {
+        *self.end.lock() = Some(status);
+    }
+
+    /// Resolves when the client has gone away.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+impl MessageBody {
     /// The response carrying this body.
     pub fn into_response(self) -> http::Response<tonic::body::Body> {
         let mut response = http::Response::new(tonic::body::Body::new(self));
@@ -108,12 +149,14 @@ impl http_body::Body for MessageBody {
         if self.finished {
             return Poll::Ready(None);
         }
-        let status = match ready!(self.rx.poll_recv(cx)) {
-            Some(Frame::Message(bytes)) => {
-                return Poll::Ready(Some(Ok(http_body::Frame::data(bytes))));
-            }
-            Some(Frame::End(status)) => *status,
-            None => Status::ok(""),
+        let ended = self.end.lock().take();
+        let status = match ended {
+            Some(status) => status,
+            None => match ready!(self.rx.poll_recv(cx)) {
+                Some(bytes) => return Poll::Ready(Some(Ok(http_body::Frame::data(bytes)))),
+                // The task is gone: with the status it left, or OK.
+                None => self.end.lock().take().unwrap_or_else(|| Status::ok("")),
+            },
         };
         self.finished = true;
         let mut trailers = http::HeaderMap::new();
@@ -162,5 +205,50 @@ mod tests {
                 .code(),
             tonic::Code::Unimplemented
         );
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn messages_then_ok_or_the_end_status_ahead_of_queued_messages() {
+        let (tx, body) = channel(4);
+        tx.send(
+            Bytes::from_static(b"one"),
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .ok();
+        drop(tx);
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"one"));
+
+        let (tx, body) = channel(1);
+        tx.send(
+            Bytes::from_static(b"queued"),
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .ok();
+        // The queue is full: a send times out, and the end status still gets through.
+        assert!(matches!(
+            tx.send(
+                Bytes::from_static(b"more"),
+                std::time::Duration::from_millis(10)
+            )
+            .await,
+            Err(SendError::TimedOut)
+        ));
+        tx.end(Status::deadline_exceeded("client did not read updates"));
+        drop(tx);
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers.get("grpc-status").unwrap(), "4");
+        assert!(collected.to_bytes().is_empty());
     }
 }

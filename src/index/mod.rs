@@ -29,7 +29,7 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    k8s::{EndpointSlice, Node, Pod, Secret, Service},
+    k8s::{EndpointSlice, Node, Pod, Secret, Service, labels},
     model::{
         Endpoint, PortSet, PortSnapshot, ServiceInfo, ServiceRef, SnapshotVersion, diff_endpoints,
     },
@@ -479,20 +479,22 @@ impl ClusterIndex {
 
     /// Adds or updates a Node (only its zone matters).
     pub fn apply_node(&mut self, node: &Node) {
+        if self.set_node_zone(node) {
+            self.refresh_all();
+        }
+    }
+
+    /// Records a node's zone; whether it changed.
+    fn set_node_zone(&mut self, node: &Node) -> bool {
         let Some(name) = node.metadata.name.clone() else {
-            return;
+            return false;
         };
-        let zone: Option<Arc<str>> = node
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(crate::k8s::labels::TOPOLOGY_ZONE))
-            .map(|z| Arc::from(z.as_str()));
+        let zone = labels::node_zone(node).map(|z| self.interner.str(z));
         if self.node_zones.get(&name) == Some(&zone) {
-            return;
+            return false;
         }
         self.node_zones.insert(name, zone);
-        self.refresh_all();
+        true
     }
 
     /// Removes a Node.
@@ -502,18 +504,22 @@ impl ClusterIndex {
         }
     }
 
-    /// Replaces every Node with `nodes`.
+    /// Replaces every Node with `nodes`, republishing once rather than once per node.
     pub fn reset_nodes(&mut self, nodes: &[Node]) {
         let keep: HashSet<&str> = nodes
             .iter()
             .filter_map(|n| n.metadata.name.as_deref())
             .collect();
+        let before = self.node_zones.len();
         self.node_zones
             .retain(|name, _| keep.contains(name.as_str()));
+        let mut changed = self.node_zones.len() != before;
         for n in nodes {
-            self.apply_node(n);
+            changed |= self.set_node_zone(n);
         }
-        self.refresh_all();
+        if changed {
+            self.refresh_all();
+        }
     }
 
     // --- Secrets ---

@@ -47,11 +47,7 @@ impl SliceState {
         interner: &mut Interner,
     ) -> Option<(ServiceRef, String, Self)> {
         let (namespace, name) = slice_id(slice)?;
-        let service = slice
-            .metadata
-            .labels
-            .as_ref()?
-            .get(labels::SLICE_SERVICE_NAME)?;
+        let service = labels::slice_service(slice)?.to_string();
         if slice.address_type == "FQDN" {
             return None;
         }

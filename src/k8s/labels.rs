@@ -48,3 +48,22 @@ pub const EXPORTED_GATEWAY: &str = "true";
 pub const EXPORTED_REMOTE_DISCOVERY: &str = "remote-discovery";
 pub const FEDERATED: &str = "mirror.linkerd.io/federated";
 pub const FEDERATED_MEMBER: &str = "member";
+
+/// The zone of a Node, from its `topology.kubernetes.io/zone` label.
+pub fn node_zone(node: &super::Node) -> Option<&str> {
+    node.metadata
+        .labels
+        .as_ref()?
+        .get(TOPOLOGY_ZONE)
+        .map(String::as_str)
+}
+
+/// The Service an EndpointSlice belongs to, from its `kubernetes.io/service-name` label.
+pub fn slice_service(slice: &super::EndpointSlice) -> Option<&str> {
+    slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(SLICE_SERVICE_NAME)
+        .map(String::as_str)
+}

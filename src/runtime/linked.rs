@@ -161,9 +161,8 @@ impl LinkedKubeClusters {
                         info!(cluster = %name, secret = %spec.secret, "credentials changed; watching again");
                     }
                     _ => {
-                        if let Some(old) = running.remove(name) {
-                            let _ = old.stop.send(true);
-                        }
+                        // A cluster whose domains changed is replaced: its old index (with
+                        // identities in the old trust domain) leaves every stream now.
                         if let Some(old) = running.remove(name) {
                             let _ = old.stop.send(true);
                             self.clusters.remove(name);

@@ -20,11 +20,7 @@ pub fn derive_endpoint_slices(objects: &BTreeMap<ObjectKey, Object>) -> Vec<Obje
         .filter_map(|o| match o {
             Object::EndpointSlice(s) => Some((
                 s.metadata.namespace.clone().unwrap_or_default(),
-                s.metadata
-                    .labels
-                    .as_ref()?
-                    .get(labels::SLICE_SERVICE_NAME)?
-                    .clone(),
+                labels::slice_service(s)?.to_string(),
             )),
             _ => None,
         })
@@ -32,14 +28,7 @@ pub fn derive_endpoint_slices(objects: &BTreeMap<ObjectKey, Object>) -> Vec<Obje
     let zones: BTreeMap<&str, &str> = objects
         .values()
         .filter_map(|o| match o {
-            Object::Node(n) => Some((
-                n.metadata.name.as_deref()?,
-                n.metadata
-                    .labels
-                    .as_ref()?
-                    .get(labels::TOPOLOGY_ZONE)?
-                    .as_str(),
-            )),
+            Object::Node(n) => Some((n.metadata.name.as_deref()?, labels::node_zone(n)?)),
             _ => None,
         })
         .collect();
