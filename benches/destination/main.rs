@@ -456,6 +456,8 @@ struct Options {
     target: Option<SocketAddr>,
     /// `--size S,E,N,M` overrides the idle scenario's sizes.
     size: Option<[usize; 4]>,
+    /// `--seconds N` overrides the churn scenario's duration.
+    seconds: Option<u64>,
 }
 
 fn parse_options() -> Result<Options> {
@@ -467,6 +469,7 @@ fn parse_options() -> Result<Options> {
         kubeconfig: None,
         target: None,
         size: None,
+        seconds: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -477,6 +480,7 @@ fn parse_options() -> Result<Options> {
             "--runs" => o.runs = args.next().context("--runs N")?.parse()?,
             "--kubeconfig" => o.kubeconfig = Some(args.next().context("--kubeconfig PATH")?.into()),
             "--target" => o.target = Some(args.next().context("--target HOST:PORT")?.parse()?),
+            "--seconds" => o.seconds = Some(args.next().context("--seconds N")?.parse()?),
             "--size" => {
                 let v: Vec<usize> = args
                     .next()
@@ -650,6 +654,7 @@ async fn run(opts: Options) -> Result<()> {
         } else {
             (size(100, 100, 10_000, 100), 60)
         };
+        let d = opts.seconds.unwrap_or(d);
         let v = median_of(runs, "/latency_ms/p99", || {
             churn(sz, 200, Duration::from_secs(d))
         })
