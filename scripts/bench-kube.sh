@@ -20,7 +20,8 @@ cleanup() {
 trap cleanup EXIT
 
 ./scripts/k8s-test-env.sh up "$dir" local
-cargo build --locked --release --quiet --bin meshlink
+# The bench profile shares its build with the benchmark itself (both land in target/release).
+cargo build --locked --profile bench --quiet --bin meshlink
 target/release/meshlink serve --kubeconfig "$dir/local/kubeconfig" --grpc-addr "$grpc" --admin-addr "$admin" \
   >"$dir/meshlink.log" 2>&1 &
 pid=$!
