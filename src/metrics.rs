@@ -8,38 +8,55 @@ use prometheus_client::{
 
 use crate::index::{ClusterHandle, ClusterSet, RejectedSecret};
 
+/// Labels of per-RPC metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
+    /// `Get` or `GetProfile`.
     pub rpc: &'static str,
 }
 
+/// Labels of the messages-sent counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpdateLabels {
+    /// `Get` or `GetProfile`.
     pub rpc: &'static str,
+    /// `add`, `remove`, `no_endpoints` or `profile`.
     pub kind: &'static str,
 }
 
+/// Labels of per-cluster metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
+    /// The cluster's name.
     pub cluster: String,
 }
 
+/// Labels of the indexed-objects gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ObjectLabels {
+    /// The cluster's name.
     pub cluster: String,
+    /// `service`, `endpointslice`, `pod`, `node` or `lookup`.
     pub kind: &'static str,
 }
 
+/// Labels of a rejected manifest file or object.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct ManifestErrorLabels {
+    /// The cluster whose folder holds the file.
     pub cluster: String,
+    /// The file's path.
     pub file: String,
+    /// Why it was rejected.
     pub reason: String,
 }
 
+/// Labels of a rejected credentials Secret.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SecretLabels {
+    /// `namespace/name` of the Secret.
     pub secret: String,
+    /// Why it was ignored.
     pub reason: String,
 }
 

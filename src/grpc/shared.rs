@@ -27,7 +27,9 @@ pub enum UpdateKind {
 /// each for the update counters.
 #[derive(Debug)]
 pub struct EncodedUpdates {
+    /// The kind of each message, in order.
     pub kinds: Vec<UpdateKind>,
+    /// The framed messages, back to back.
     pub bytes: Bytes,
 }
 

@@ -57,8 +57,11 @@ impl ClusterStatus {
 /// One cluster: its name, its index and its health.
 #[derive(Clone)]
 pub struct ClusterHandle {
+    /// The cluster's name (the index's `cluster_name`).
     pub name: Arc<str>,
+    /// Its index, written by its source.
     pub index: SharedIndex,
+    /// Its source's health.
     pub status: Arc<ClusterStatus>,
 }
 

@@ -63,16 +63,21 @@ pub struct MirrorInfo {
 /// A Service as resolution needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceInfo {
+    /// Namespace and name.
     pub service: ServiceRef,
+    /// How its endpoints are found.
     pub kind: ServiceKind,
+    /// `clusterIP: None`.
     pub headless: bool,
     /// `internalTrafficPolicy: Local`: only endpoints on the caller's node.
     pub internal_traffic_local: bool,
+    /// Its cluster IPs (both families), for `GetProfile` by IP.
     pub cluster_ips: Vec<IpAddr>,
     /// The service's `config.linkerd.io/opaque-ports`, for profiles.
     pub opaque_ports: Option<Arc<PortSet>>,
     /// Named service ports, so opaque ports can be listed by name.
     pub port_names: Vec<(u16, String)>,
+    /// Set on mirror services: where they were mirrored from.
     pub mirror: Option<MirrorInfo>,
     /// The metric labels of the service's endpoint set, made once (by [`Self::set_labels`])
     /// and shared by every stream of the service so streams can compare them by pointer.

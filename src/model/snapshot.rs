@@ -8,7 +8,9 @@ use super::{Endpoint, EndpointAddrs, ServiceInfo};
 /// sequence, so that a stream can tell a snapshot follows the one it last sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotVersion {
+    /// Unique per lookup across every index of the process.
     pub lookup: u64,
+    /// Counts the lookup's published snapshots.
     pub seq: u64,
 }
 
