@@ -6,6 +6,8 @@ pub const CONTROL_PLANE_NS: &str = "linkerd.io/control-plane-ns";
 pub const SKIP_INBOUND_PORTS: &str = "config.linkerd.io/skip-inbound-ports";
 /// Pod or Service annotation: ports whose traffic is opaque TCP.
 pub const OPAQUE_PORTS: &str = "config.linkerd.io/opaque-ports";
+/// Every pod annotation the index reads; a source may drop the others before storing pods.
+pub const POD_ANNOTATIONS_READ: &[&str] = &[OPAQUE_PORTS, SKIP_INBOUND_PORTS];
 /// The proxy container's name, and its env var naming its inbound listener.
 pub const PROXY_CONTAINER: &str = "linkerd-proxy";
 pub const PROXY_INBOUND_LISTEN_ADDR_ENV: &str = "LINKERD2_PROXY_INBOUND_LISTEN_ADDR";

@@ -363,6 +363,11 @@ pub fn mk_credentials(cluster: &str) -> Secret {
 // --- snapshots ---
 
 /// The addresses of a snapshot, in order.
+/// The current snapshot of a service port (opening the lookup if needed).
+pub fn snapshot(index: &mut ClusterIndex, ns: &str, name: &str, port: u16) -> Arc<PortSnapshot> {
+    Arc::clone(&index.endpoints_rx(&svc_ref(ns, name), port).borrow())
+}
+
 pub fn addrs(snapshot: &PortSnapshot) -> Vec<SocketAddr> {
     snapshot.endpoints.keys().copied().collect()
 }

@@ -31,10 +31,7 @@ fn deployment_pod_labels() {
     let mut index = web_with(vec![mk_ep("10.0.0.1", "web-5d4f8b7c9-x2x7q")]);
     index.apply_pod(&pod);
 
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "web", 80);
     let e = endpoint(&snap, "10.0.0.1:8080");
     assert_eq!(e.pod.as_deref(), Some("web-5d4f8b7c9-x2x7q"));
     assert_eq!(
@@ -56,10 +53,7 @@ fn replicaset_without_template_hash_is_a_replicaset() {
     );
     let mut index = web_with(vec![mk_ep("10.0.0.1", "web-x2x7q")]);
     index.apply_pod(&pod);
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "web", 80);
     let e = endpoint(&snap, "10.0.0.1:8080");
     assert_eq!(
         e.labels.get("replicaset").map(String::as_str),
@@ -77,10 +71,7 @@ fn statefulset_pod_labels() {
     );
     let mut index = web_with(vec![mk_ep("10.0.0.1", "db-0")]);
     index.apply_pod(&pod);
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "web", 80);
     let e = endpoint(&snap, "10.0.0.1:8080");
     assert_eq!(e.pod.as_deref(), Some("db-0"));
     assert_eq!(
@@ -100,10 +91,7 @@ fn zone_comes_from_the_slice_first() {
         "zone-a",
     )]);
     index.apply_node(&mk_node("node-1", Some("zone-b")));
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "web", 80);
     let e = endpoint(&snap, "10.0.0.1:8080");
     assert_eq!(e.zone.as_deref(), Some("zone-a"));
     assert_eq!(e.node_name.as_deref(), Some("node-1"));
@@ -153,10 +141,7 @@ fn zone_of_the_pods_node_when_the_slice_names_none() {
         "node-2",
     ));
     index.apply_node(&mk_node("node-2", Some("zone-d")));
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "web", 80);
     let e = endpoint(&snap, "10.0.0.1:8080");
     assert_eq!(e.node_name.as_deref(), Some("node-2"));
     assert_eq!(e.zone.as_deref(), Some("zone-d"));

@@ -40,10 +40,7 @@ fn gateway_mirror_endpoint_is_the_gateway() {
         vec![mk_bare_ep("172.18.0.5")],
     ));
 
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "foo-west"), 8080)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "foo-west", 8080);
     let info = snap.service.as_ref().unwrap();
     assert_eq!(info.kind, ServiceKind::Local);
     assert_eq!(
@@ -87,10 +84,7 @@ fn gateway_annotations_on_the_slice_are_enough() {
     );
     index.apply_endpoint_slice(&slice);
 
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "foo-west"), 9000)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "foo-west", 9000);
     let e = endpoint(&snap, "172.18.0.5:4143");
     assert_eq!(e.identity.as_deref(), Some(GATEWAY_IDENTITY));
     assert_eq!(
@@ -102,10 +96,7 @@ fn gateway_annotations_on_the_slice_are_enough() {
 #[test]
 fn plain_service_has_no_authority_override() {
     let mut index = mk_web(&[("web-1", "10.0.0.1")]);
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "web", 80);
     let e = endpoint(&snap, "10.0.0.1:8080");
     assert_eq!(e.authority_override, None);
     assert!(snap.service.as_ref().unwrap().mirror.is_none());

@@ -28,10 +28,7 @@ fn serve_in(index: &mut ClusterIndex, pod: Pod, ip: &str, port: u16) -> Arc<Endp
         port,
         vec![mk_ep(ip, &name)],
     ));
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(index, "shop", "web", 80);
     endpoint(&snap, &format!("{ip}:{port}"))
 }
 
@@ -118,18 +115,12 @@ fn skipped_inbound_port_has_neither_identity_nor_hint() {
         vec![mk_ep("10.0.0.1", "web-1")],
     ));
 
-    let http = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let http = snapshot(&mut index, "shop", "web", 80);
     let e = endpoint(&http, "10.0.0.1:8080");
     assert_eq!(e.identity, None);
     assert_eq!(e.hint, ProtocolHint::Unknown);
 
-    let admin = index
-        .endpoints_rx(&svc_ref("shop", "web"), 9990)
-        .borrow()
-        .clone();
+    let admin = snapshot(&mut index, "shop", "web", 9990);
     let e = endpoint(&admin, "10.0.0.1:9990");
     assert_eq!(e.identity.as_deref(), Some(&*identity("web", "shop")));
     assert_eq!(e.hint, ProtocolHint::H2);
@@ -358,9 +349,6 @@ fn same_pod_name_in_another_namespace_is_another_pod() {
         8080,
         vec![mk_ep("10.0.0.1", "web-1")],
     ));
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "web", 80);
     assert_eq!(endpoint(&snap, "10.0.0.1:8080").identity, None);
 }

@@ -23,10 +23,7 @@ fn ready_endpoints_are_listed_at_the_slice_port() {
         ],
     ));
 
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "web", 80);
     assert_eq!(
         addrs(&snap),
         [addr("10.0.0.1:8080"), addr("10.0.0.2:8080")],
@@ -46,20 +43,14 @@ fn endpoints_without_a_ready_condition_are_ready() {
     ep.conditions = None;
     index.apply_endpoint_slice(&mk_slice("shop", "web-abc", "web", "http", 8080, vec![ep]));
 
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "web", 80);
     assert_eq!(addrs(&snap), [addr("10.0.0.1:8080")]);
 }
 
 #[test]
 fn unknown_service_has_no_service() {
     let mut index = mk_web(&[("web-1", "10.0.0.1")]);
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "nope"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "nope", 80);
     assert!(snap.service.is_none());
     assert!(snap.endpoints.is_empty());
     assert!(
@@ -74,10 +65,7 @@ fn unknown_service_has_no_service() {
 fn service_without_endpoints_exists_and_is_empty() {
     let mut index = mk_index();
     index.apply_service(&mk_service("shop", "web", &[("http", 80, 8080)]));
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "web", 80);
     assert!(snap.service.is_some());
     assert!(snap.endpoints.is_empty());
 }
@@ -94,25 +82,16 @@ fn slices_of_another_service_are_not_listed() {
         8080,
         vec![mk_ep("10.0.0.9", "api-1")],
     ));
-    let web = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let web = snapshot(&mut index, "shop", "web", 80);
     assert_eq!(addrs(&web), [addr("10.0.0.1:8080")]);
-    let api = index
-        .endpoints_rx(&svc_ref("shop", "api"), 80)
-        .borrow()
-        .clone();
+    let api = snapshot(&mut index, "shop", "api", 80);
     assert_eq!(addrs(&api), [addr("10.0.0.9:8080")]);
 }
 
 #[test]
 fn same_name_in_another_namespace_is_another_service() {
     let mut index = mk_web(&[("web-1", "10.0.0.1")]);
-    let snap = index
-        .endpoints_rx(&svc_ref("other", "web"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "other", "web", 80);
     assert!(snap.service.is_none());
     assert!(snap.endpoints.is_empty());
 }
@@ -178,10 +157,7 @@ fn external_name_service() {
         .clone()
         .unwrap();
     assert_eq!(info.kind, ServiceKind::ExternalName);
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "ext"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "ext", 80);
     assert_eq!(
         snap.service.as_ref().unwrap().kind,
         ServiceKind::ExternalName
@@ -210,10 +186,7 @@ fn remote_discovery_labels() {
         }
     );
     // Its endpoints live in the other cluster: none here, but it exists.
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "foo-west"), 8080)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "foo-west", 8080);
     assert!(snap.service.is_some());
     assert!(snap.endpoints.is_empty());
 }

@@ -25,10 +25,7 @@ fn named_target_port_resolves_per_slice() {
         vec![mk_ep("10.0.0.2", "web-2")],
     ));
 
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "web", 80);
     assert_eq!(addrs(&snap), [addr("10.0.0.1:8080"), addr("10.0.0.2:9090")]);
 }
 
@@ -47,15 +44,9 @@ fn each_service_port_uses_its_own_slice_port() {
         &[("http", 8080), ("admin", 9991)],
         vec![mk_ep("10.0.0.1", "web-1")],
     ));
-    let http = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let http = snapshot(&mut index, "shop", "web", 80);
     assert_eq!(addrs(&http), [addr("10.0.0.1:8080")]);
-    let admin = index
-        .endpoints_rx(&svc_ref("shop", "web"), 9990)
-        .borrow()
-        .clone();
+    let admin = snapshot(&mut index, "shop", "web", 9990);
     assert_eq!(addrs(&admin), [addr("10.0.0.1:9991")]);
 }
 
@@ -73,15 +64,9 @@ fn port_not_in_the_service_uses_the_requested_port() {
         8080,
         vec![mk_ep("10.0.0.1", "web-1")],
     ));
-    let on_80 = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let on_80 = snapshot(&mut index, "shop", "web", 80);
     assert_eq!(addrs(&on_80), [addr("10.0.0.1:8080")]);
-    let on_9999 = index
-        .endpoints_rx(&svc_ref("shop", "web"), 9999)
-        .borrow()
-        .clone();
+    let on_9999 = snapshot(&mut index, "shop", "web", 9999);
     assert_eq!(addrs(&on_9999), [addr("10.0.0.1:9999")]);
 }
 
@@ -110,10 +95,7 @@ fn dual_stack_pod_is_served_on_ipv6_only() {
         vec![mk_ep("fd00::1", "web-1")],
     ));
 
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "web"), 80)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "web", 80);
     assert_eq!(
         addrs(&snap),
         [addr("10.0.0.2:8080"), addr("[fd00::1]:8080")],
@@ -265,10 +247,7 @@ fn endpoint_without_a_pod_is_served_bare() {
         5432,
         vec![mk_bare_ep("192.168.1.10")],
     ));
-    let snap = index
-        .endpoints_rx(&svc_ref("shop", "db"), 5432)
-        .borrow()
-        .clone();
+    let snap = snapshot(&mut index, "shop", "db", 5432);
     let e = endpoint(&snap, "192.168.1.10:5432");
     assert_eq!(e.identity, None);
     assert_eq!(e.hint, crate::model::ProtocolHint::Unknown);

@@ -122,10 +122,7 @@ impl Indexed for Pod {
             name: meta.name,
             namespace: meta.namespace,
             labels: meta.labels,
-            annotations: keep_keys(
-                meta.annotations,
-                &[labels::OPAQUE_PORTS, labels::SKIP_INBOUND_PORTS],
-            ),
+            annotations: keep_keys(meta.annotations, labels::POD_ANNOTATIONS_READ),
             owner_references: meta.owner_references.map(|o| {
                 o.into_iter()
                     .filter(|o| o.controller == Some(true))
