@@ -16,7 +16,10 @@ use super::{
     linked::{LinkedKubeClusters, LinkedManifestClusters},
 };
 use crate::{
-    grpc::{DestinationService, StreamSettings},
+    grpc::{
+        DestinationService, StreamSettings,
+        server::{ConnectionLimits, serve_connections},
+    },
     index::{ClusterHandle, ClusterIndex, ClusterSet, IndexConfig},
     metrics::Metrics,
     model::PortSet,
@@ -31,7 +34,7 @@ pub struct Server {
     pub admin_addr: SocketAddr,
     pub clusters: Arc<ClusterSet>,
     shutdown: watch::Sender<bool>,
-    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc: JoinHandle<()>,
     admin: JoinHandle<std::io::Result<()>>,
     grace: std::time::Duration,
 }
@@ -181,6 +184,13 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
             cluster_domain: args.cluster_domain.clone(),
             default_opaque_ports,
             send_timeout: args.stream_send_timeout,
+            request_timeout: args.request_timeout,
+            max_pending_requests: usize::try_from(args.max_pending_requests).unwrap_or(usize::MAX),
+        },
+        ConnectionLimits {
+            max_streams_per_connection: args.max_streams_per_connection,
+            preface_timeout: args.request_timeout,
+            shutdown_grace: args.shutdown_grace,
         },
         Arc::clone(&metrics),
         shutdown_rx.clone(),
@@ -254,9 +264,10 @@ pub async fn spawn_grpc(
     listener: TcpListener,
     clusters: Arc<ClusterSet>,
     settings: StreamSettings,
+    limits: ConnectionLimits,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
-) -> Result<JoinHandle<Result<(), tonic::transport::Error>>> {
+) -> Result<JoinHandle<()>> {
     let destination =
         DestinationService::new(Resolver::new(clusters), settings, metrics, shutdown.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -271,23 +282,37 @@ pub async fn spawn_grpc(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("cannot build the reflection service")?;
-    let mut grpc_shutdown = shutdown;
+    let routes = tonic::service::Routes::new(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(destination);
     Ok(tokio::spawn(
-        tonic::transport::Server::builder()
-            .max_concurrent_streams(Some(100_000))
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(destination)
-            // Without TCP_NODELAY a delta's second write waits for the client's delayed ACK
-            // (40 ms on Linux): that was the whole p99 of small fan-outs.
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = grpc_shutdown.wait_for(|s| *s).await;
-                },
-            )
+        serve_connections(accept(listener), routes, limits, shutdown)
             .instrument(info_span!("grpc")),
     ))
+}
+
+/// Accepted connections, with TCP_NODELAY set: without it a delta's second write waits
+/// for the client's delayed ACK (40 ms on Linux), which was the whole p99 of small
+/// fan-outs. An accept that fails (out of file descriptors) is retried after a pause
+/// rather than in a spin.
+fn accept(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = (tokio::net::TcpStream, SocketAddr)> {
+    futures::stream::unfold(listener, |listener| async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        warn!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                    return Some(((stream, peer), listener));
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot accept a connection; retrying shortly");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
 }
