@@ -11,6 +11,8 @@ use crate::{index::ClusterSet, metrics::Metrics};
 struct AdminState {
     metrics: Arc<Metrics>,
     clusters: Arc<ClusterSet>,
+    /// Why the process is failing, once a critical task ended.
+    failed: watch::Receiver<Option<String>>,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` turns true.
@@ -18,13 +20,18 @@ pub async fn serve_admin(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     clusters: Arc<ClusterSet>,
+    failed: watch::Receiver<Option<String>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
-        .with_state(AdminState { metrics, clusters });
+        .with_state(AdminState {
+            metrics,
+            clusters,
+            failed,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;
@@ -33,12 +40,18 @@ pub async fn serve_admin(
 }
 
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
+    if let Some(reason) = state.failed.borrow().as_ref() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        );
+    }
     if state.clusters.local().status.is_synced() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_string())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the local cluster is still loading\n",
+            "not ready: the local cluster is still loading\n".to_string(),
         )
     }
 }

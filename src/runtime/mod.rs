@@ -5,6 +5,7 @@ pub mod cli;
 pub mod link;
 mod linked;
 mod serve;
+pub mod supervise;
 
 pub use serve::{Server, serve, spawn_grpc};
 
