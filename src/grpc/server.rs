@@ -24,7 +24,6 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
-    net::TcpStream,
     sync::watch,
 };
 use tracing::{Instrument, debug, debug_span, info, warn};
@@ -60,13 +59,14 @@ const MAX_PENDING_RESETS: usize = 20;
 
 /// Serves `routes` on every connection `incoming` yields until `shutdown` turns true,
 /// then lets open connections finish within the grace.
-pub async fn serve_connections<I>(
+pub async fn serve_connections<I, IO>(
     incoming: I,
     routes: tonic::service::Routes,
     limits: ConnectionLimits,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    I: Stream<Item = (TcpStream, SocketAddr)>,
+    I: Stream<Item = (IO, SocketAddr)>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -122,7 +122,10 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(mut self, mut stream: TcpStream) {
+    async fn serve<IO>(mut self, mut stream: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let mut preface = [0u8; PREFACE.len()];
         match tokio::time::timeout(self.limits.preface_timeout, stream.read_exact(&mut preface))
             .await
@@ -220,12 +223,12 @@ fn unsupported_media_type() -> http::Response<tonic::body::Body> {
 }
 
 /// A connection whose preface was already read: hands it to HTTP/2 again first.
-struct Preface {
+struct Preface<IO> {
     pending: &'static [u8],
-    inner: TcpStream,
+    inner: IO,
 }
 
-impl AsyncRead for Preface {
+impl<IO: AsyncRead + Unpin> AsyncRead for Preface<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -241,7 +244,7 @@ impl AsyncRead for Preface {
     }
 }
 
-impl AsyncWrite for Preface {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Preface<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
