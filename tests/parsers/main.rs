@@ -1,8 +1,8 @@
 //! Property tests of every parser that reads outside input: the gRPC request body, the
-//! authority and context token a proxy sends, port-list annotations, manifest files,
-//! credentials Secrets and Link objects. Each property holds for any input: no panic,
-//! a clear error for what is bad, and the parts put in come back out where a round trip
-//! exists.
+//! authority and context token a proxy sends, port-list annotations, manifest files, the
+//! objects they hold as the index reads them, credentials Secrets and Link objects. Each
+//! property holds for any input: no panic, a clear error for what is bad, and the parts put
+//! in come back out where a round trip exists.
 //!
 //! CI runs a few hundred cases per property (seconds in all); for a long run by hand set
 //! `PROPTEST_CASES`, e.g. `PROPTEST_CASES=100000 cargo test --release --test parsers`.
@@ -13,6 +13,7 @@ mod context;
 mod grpc;
 mod link;
 mod manifests;
+mod objects;
 mod ports;
 mod secrets;
 mod yaml;
