@@ -43,8 +43,8 @@ pub fn encode<M: prost::Message>(msg: &M) -> Bytes {
 ///
 /// Each received chunk is copied into a buffer that grows with what arrived (never past
 /// [`MAX_REQUEST`]) and released at once, so an unfinished request costs what its client
-/// sent, not the connection's read buffer it arrived in. The message is decoded as soon
-/// as it is complete; a request body that never ends does not hold the call.
+/// sent, not the connection's read buffer it arrived in. As in grpc-go, the request must
+/// end after its one message: a second message or stray bytes are refused.
 pub async fn decode_request<M: prost::Message + Default>(
     body: tonic::body::Body,
     deadline: tokio::time::Instant,
@@ -58,42 +58,16 @@ pub async fn decode_request<M: prost::Message + Default>(
     }
 }
 
-/// The bytes of the first message of `body`, without its prefix.
+/// The bytes of the one message of `body`, without its prefix.
 async fn read_message(mut body: tonic::body::Body) -> Result<Bytes, Status> {
     let mut buf = BytesMut::new();
-    loop {
-        if let Some(len) = message_len(&buf)?
-            && buf.len() >= PREFIX + len
-        {
-            if buf.len() > PREFIX + len {
-                return Err(Status::invalid_argument(format!(
-                    "the request's length prefix says {len} bytes but more follow: \
-                     a server-streaming call takes exactly one message"
-                )));
-            }
-            return Ok(buf.freeze().slice(PREFIX..));
-        }
-        let frame = match body.frame().await {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => {
-                return Err(Status::invalid_argument(format!(
-                    "cannot read the request: {}",
-                    crate::model::quote_prefix(&e.to_string())
-                )));
-            }
-            None => {
-                return Err(match message_len(&buf)? {
-                    None if buf.is_empty() => {
-                        Status::invalid_argument("the request holds no gRPC message")
-                    }
-                    None => Status::invalid_argument("the request ends inside its length prefix"),
-                    Some(len) => Status::invalid_argument(format!(
-                        "the request's length prefix says {len} bytes but {} follow",
-                        buf.len() - PREFIX
-                    )),
-                });
-            }
-        };
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Status::invalid_argument(format!(
+                "cannot read the request: {}",
+                crate::model::quote_prefix(&e.to_string())
+            ))
+        })?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers on a request carry nothing we read
         };
@@ -101,6 +75,27 @@ async fn read_message(mut body: tonic::body::Body) -> Result<Bytes, Status> {
             return Err(too_large());
         }
         buf.extend_from_slice(&data);
+        if let Some(len) = message_len(&buf)?
+            && buf.len() > PREFIX + len
+        {
+            return Err(Status::invalid_argument(format!(
+                "the request's length prefix says {len} bytes but more follow: \
+                 a server-streaming call takes exactly one message"
+            )));
+        }
+    }
+    match message_len(&buf)? {
+        Some(len) if buf.len() == PREFIX + len => Ok(buf.freeze().slice(PREFIX..)),
+        Some(len) => Err(Status::invalid_argument(format!(
+            "the request's length prefix says {len} bytes but {} follow",
+            buf.len() - PREFIX
+        ))),
+        None if buf.is_empty() => Err(Status::invalid_argument(
+            "the request holds no gRPC message",
+        )),
+        None => Err(Status::invalid_argument(
+            "the request ends inside its length prefix",
+        )),
     }
 }
 

@@ -26,6 +26,10 @@ impl ContextToken {
                 ..Self::default()
             };
         }
+        // Only an object: serde would also read a JSON array as the fields in order.
+        if !token.starts_with('{') {
+            return Self::default();
+        }
         let mut parsed: Self = serde_json::from_str(token).unwrap_or_default();
         parsed.node_name = parsed.node_name.filter(|s| !s.is_empty());
         parsed
@@ -54,5 +58,9 @@ mod tests {
         assert_eq!(ContextToken::parse("{not json"), ContextToken::default());
         assert_eq!(ContextToken::parse(""), ContextToken::default());
         assert_eq!(ContextToken::parse("[1,2]"), ContextToken::default());
+        assert_eq!(
+            ContextToken::parse(r#"["shop","node-a"]"#),
+            ContextToken::default()
+        );
     }
 }
