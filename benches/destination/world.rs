@@ -339,7 +339,7 @@ pub fn run_child(spec: WorldSpec) -> anyhow::Result<()> {
                 default_opaque_ports: Arc::new(PortSet::default()),
                 send_timeout: spec.send_timeout,
                 request_timeout: Duration::from_secs(10),
-                max_pending_requests: 20_000,
+                max_pending_requests: 30_000,
             },
             meshlink::grpc::server::ConnectionLimits {
                 max_streams_per_connection: 10_000,

@@ -112,7 +112,7 @@ pub struct ServeArgs {
 
     /// Requests whose message is still being read, across all connections; more are
     /// refused with RESOURCE_EXHAUSTED until some finish.
-    #[arg(long, env = "MESHLINK_MAX_PENDING_REQUESTS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "MESHLINK_MAX_PENDING_REQUESTS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pending_requests: u64,
 
     /// How often manifest folders are checked for changes.
