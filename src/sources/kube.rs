@@ -295,7 +295,7 @@ impl WatchOpened {
             opened: Arc::clone(&opened),
         };
         let wrapped = Client::new(observed, client.default_namespace())
-            .with_valid_until(client.valid_until().clone());
+            .with_valid_until(*client.valid_until());
         (wrapped, opened)
     }
 }
