@@ -126,6 +126,13 @@ impl KubeSource {
     }
 }
 
+/// What a kind's watcher yields.
+enum Item<K> {
+    Event(Event<K>),
+    /// 410 Gone: the watcher lists the kind again next.
+    Gone(String),
+}
+
 /// One kind's watcher.
 struct Watch {
     cluster: ClusterHandle,
@@ -138,7 +145,15 @@ struct Watch {
 impl Watch {
     async fn run<K: Indexed>(self, api: Api<K>, config: watcher::Config) {
         let mut shutdown = self.shutdown.clone();
-        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+        // A 410 Gone is passed on as an item rather than an error, so that the backoff
+        // does not delay the relist it calls for (the watcher lists at its next poll).
+        let events = watcher(api, config).map(|item| match item {
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                Ok(Item::Gone(status.message))
+            }
+            other => other.map(Item::Event),
+        });
+        let mut events = std::pin::pin!(events.default_backoff());
         let mut buffer = EventBuffer::<K>::default();
         // After a failure, when the watch was opened again: it is working once
         // WATCH_SETTLE passes without an error (the watcher resumes it without an event).
@@ -162,16 +177,24 @@ impl Watch {
                     self.health.resumed(K::KIND);
                 }
                 event = events.next() => match event {
-                    Some(Ok(event)) => self.on_event(&mut buffer, event),
-                    Some(Err(e)) => {
-                        reopened = None;
-                        self.health.failed(K::KIND, &e.to_string());
+                    Some(Ok(Item::Event(event))) => self.on_event(&mut buffer, event),
+                    Some(Ok(Item::Gone(message))) => {
+                        self.failed::<K>(&mut reopened, &format!("410 Gone: {message}"));
                     }
+                    Some(Err(e)) => self.failed::<K>(&mut reopened, &e.to_string()),
                     // A watcher only ends when its backoff gives up, which the default never does.
                     None => return,
                 },
             }
         }
+    }
+
+    /// The watch failed: not working until it was opened again (a notice of the watch
+    /// that just failed, e.g. with a 410 as its first event, does not count).
+    fn failed<K: Indexed>(&self, reopened: &mut Option<Instant>, error: &str) {
+        *reopened = None;
+        let _ = futures::FutureExt::now_or_never(self.opened.notified());
+        self.health.failed(K::KIND, error);
     }
 
     fn on_event<K: Indexed>(&self, buffer: &mut EventBuffer<K>, event: Event<K>) {
