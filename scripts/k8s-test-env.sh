@@ -67,6 +67,9 @@
 #   MESHLINK_K8S_APISERVER_EXTRA_ARGS
 #                               extra kube-apiserver flags (whitespace separated),
 #                               stored at `up` and reused by start-apiserver
+#   MESHLINK_K8S_AUDIT          1: each API server writes an audit log of its list and
+#                               watch requests (who, verb, resource; JSON lines) to
+#                               DIR/<cluster>/audit.log, e.g. to count LISTs (set at `up`)
 #
 # Notes on the API servers it runs:
 #   * authorization is RBAC; the admin client cert is in group system:masters.
@@ -675,6 +678,20 @@ prepare_cluster() {
     local extra=()
     if [[ -n "${MESHLINK_K8S_APISERVER_EXTRA_ARGS:-}" ]]; then
         read -r -a extra <<<"$MESHLINK_K8S_APISERVER_EXTRA_ARGS"
+    fi
+    if [[ "${MESHLINK_K8S_AUDIT:-0}" == 1 ]]; then
+        # Only list and watch requests, at Metadata level, once each (when complete).
+        cat >"$cdir/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+- level: Metadata
+  verbs: [list, watch]
+- level: None
+EOF
+        extra+=("--audit-policy-file=${cdir}/audit-policy.yaml"
+            "--audit-log-path=${cdir}/audit.log" "--audit-log-format=json")
     fi
     write_args "$cdir/kube-apiserver.args" \
         "--bind-address=${LOOPBACK}" \

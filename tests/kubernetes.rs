@@ -1,18 +1,28 @@
 //! The Kubernetes source against real API servers: `scripts/k8s-test-env.sh` starts a
 //! kube-apiserver (with etcd) for cluster "local" and one for "west"; meshlink runs in
 //! this process with the token of its ServiceAccount under the RBAC of `deploy/`, and
-//! reads west with a token bound only to `deploy/remote-access/`.
+//! reads west with a token bound only to `deploy/remote-access/`. A second meshlink
+//! ("relister", its own ServiceAccount and ClusterRole) reads local through a TCP proxy
+//! the tests can cut, and the API servers' audit logs count its LIST requests.
 //!
-//! The cases share the API servers (starting them is the slow part) and run in order in
-//! one test; each prints its name and time.
+//! A test binary with its own harness: the API servers and both meshlinks start once and
+//! every case shares them, each case in its own namespace (or owning the west link while
+//! it runs). Cases run one after the other; a failing case is reported and the next one
+//! runs. The cases that stop or restart an API server run last. Run one case with
+//! `cargo test --test kubernetes -- NAME_PART`; the last line is `N passed, N failed`.
 
 mod k8s;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::{
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use clap::Parser;
-use k8s::*;
+use futures::future::BoxFuture;
+use k8s::{proxy::Proxy, *};
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod, Secret, Service, ServiceAccount},
     discovery::v1::EndpointSlice,
@@ -28,86 +38,163 @@ use meshlink::{
 use serde_json::json;
 use support::{TestServer, hint, identity, server_name};
 
-const LOCAL_ID: &str = "web.shop.serviceaccount.identity.linkerd.cluster.local";
 const WEST_ID: &str = "web.shop.serviceaccount.identity.linkerd.west.example";
-const WEB: &str = "web.shop.svc.cluster.local:8080";
 const WEB_WEST: &str = "web-west.shop.svc.cluster.local:8080";
 const WEB_FED: &str = "web-federated.shop.svc.cluster.local:8080";
+/// The user the relister authenticates as, in the audit log.
+const RELISTER: &str = "system:serviceaccount:linkerd:relister";
+/// The kinds meshlink lists, as the audit log names them.
+const LISTED: [&str; 5] = ["services", "endpointslices", "pods", "nodes", "secrets"];
 
 /// Everything the cases share.
 struct World {
     env: Env,
     local: Client,
     west: Client,
+    /// meshlink with the ServiceAccount and RBAC of deploy/.
     server: TestServer,
-    /// The token meshlink runs with.
+    /// The token `server` runs with.
     meshlink_token: String,
+    /// A second meshlink reading local through `proxy`.
+    relister: TestServer,
+    proxy: Proxy,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubernetes_source_against_real_api_servers() {
+/// A named case; `restarts` ones stop or restart an API server and run last.
+struct Case {
+    name: &'static str,
+    restarts: bool,
+    run: fn(Arc<World>) -> BoxFuture<'static, ()>,
+}
+
+macro_rules! case {
+    ($f:ident) => {
+        Case {
+            name: stringify!($f),
+            restarts: false,
+            run: |w| Box::pin($f(w)),
+        }
+    };
+    ($f:ident, restarts) => {
+        Case {
+            name: stringify!($f),
+            restarts: true,
+            run: |w| Box::pin($f(w)),
+        }
+    };
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        case!(local_endpoints_carry_identities_hints_and_zones),
+        case!(scaling_a_slice_streams_only_the_difference),
+        case!(refused_credentials_leave_west_linked_but_stale),
+        case!(meshlink_link_links_west_for_remote_discovery_and_federation),
+        case!(a_rotated_token_keeps_west_flowing_without_a_gap),
+        case!(deleting_the_credentials_secret_unlinks_west_and_recreating_it_links_again),
+        case!(rbac_of_deploy_is_enough_and_refuses_the_rest),
+        case!(a_broken_watch_resumes_without_a_new_list),
+        case!(
+            west_api_server_down_keeps_its_endpoints_then_changes_converge,
+            restarts
+        ),
+        case!(
+            a_410_gone_relists_and_slices_before_pods_expose_no_bare_endpoint,
+            restarts
+        ),
+    ]
+}
+
+fn main() -> ExitCode {
+    let mut filters = Vec::new();
+    let mut skips = Vec::new();
+    let mut list = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--list" => list = true,
+            "--skip" => skips.extend(args.next()),
+            // libtest flags with a value, accepted and ignored.
+            "--test-threads" | "--format" | "--color" | "-Z" => {
+                args.next();
+            }
+            a if a.starts_with('-') => {}
+            _ => filters.push(arg),
+        }
+    }
+    let mut cases: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
+        .filter(|c| !skips.iter().any(|s| c.name.contains(s.as_str())))
+        .collect();
+    // Stable: the order above, with the cases that restart API servers last.
+    cases.sort_by_key(|c| c.restarts);
+    if list {
+        for c in &cases {
+            println!("{}: test", c.name);
+        }
+        return ExitCode::SUCCESS;
+    }
+    if cases.is_empty() {
+        println!("0 passed, 0 failed");
+        return ExitCode::SUCCESS;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             std::env::var("RUST_LOG").unwrap_or_else(|_| "meshlink=info,kube=warn".into()),
         )
         .with_test_writer()
         .try_init();
-    let started = Instant::now();
-    let env = Env::up(&["local", "west"]).await;
-    println!("API servers up in {:?}", started.elapsed());
-    let world = setup(env).await;
-
-    let mut web = step("local endpoints with identities", local_endpoints(&world)).await;
-    step(
-        "scaling the slice streams diffs",
-        scale_local(&world, &mut web),
-    )
-    .await;
-    let (mut west, mut fed) = step(
-        "refused credentials leave west stale; `meshlink link` links it (remote discovery, federated)",
-        link_west(&world),
-    )
-    .await;
-    step(
-        "a rotated token keeps west flowing",
-        rotate_token(&world, &mut west, &mut fed),
-    )
-    .await;
-    step(
-        "deleting the Secret unlinks west; recreating it links again",
-        unlink_and_relink(&world, &mut west, &mut fed),
-    )
-    .await;
-    step(
-        "west's API server stops: local flows, west's endpoints stay, west is stale",
-        west_down(&world, &mut web, &mut west, &mut fed),
-    )
-    .await;
-    step(
-        "west's API server starts with changed endpoints: streams converge",
-        west_back(&world, &mut west, &mut fed),
-    )
-    .await;
-    step(
-        "the local API server restarts under open streams: they converge",
-        local_restart(&world, &mut web, &mut fed),
-    )
-    .await;
-    step(
-        "the RBAC of deploy/ is enough and refuses the rest",
-        rbac(&world),
-    )
-    .await;
-    println!("all cases passed in {:?}", started.elapsed());
-    world.server.stop().await;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let failed = rt.block_on(run(cases));
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
-async fn step<T>(name: &str, f: impl std::future::Future<Output = T>) -> T {
-    let t = Instant::now();
-    println!("case: {name} ...");
-    let out = f.await;
-    println!("case: {name} ... ok ({:.1}s)", t.elapsed().as_secs_f64());
-    out
+/// Runs `cases` against one world; returns how many failed.
+async fn run(cases: Vec<Case>) -> usize {
+    let started = Instant::now();
+    let env = Env::up(&["local", "west"]).await;
+    println!("API servers up in {:.1}s", started.elapsed().as_secs_f64());
+    let world = Arc::new(setup(env).await);
+    println!("world set up in {:.1}s", started.elapsed().as_secs_f64());
+    let mut failed = Vec::new();
+    for case in &cases {
+        let t = Instant::now();
+        println!("case {} ...", case.name);
+        // A panic fails the case only: the next case runs.
+        let outcome = tokio::spawn((case.run)(Arc::clone(&world))).await;
+        let verdict = if outcome.is_ok() { "ok" } else { "FAILED" };
+        println!(
+            "case {} ... {verdict} ({:.1}s)",
+            case.name,
+            t.elapsed().as_secs_f64()
+        );
+        if outcome.is_err() {
+            failed.push(case.name);
+        }
+    }
+    if let Ok(world) = Arc::try_unwrap(world) {
+        world.server.stop().await;
+        world.relister.stop().await;
+    }
+    for name in &failed {
+        println!("failed: {name}");
+    }
+    println!(
+        "{} passed, {} failed ({:.1}s)",
+        cases.len() - failed.len(),
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    failed.len()
 }
 
 // --- setup ---
@@ -118,13 +205,7 @@ async fn setup(env: Env) -> World {
     let west = env.admin("west").await;
     apply_kustomization(&local, &root.join("deploy")).await;
     apply_kustomization(&west, &root.join("deploy/remote-access")).await;
-    for c in [&local, &west] {
-        apply::<Namespace>(
-            c,
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
-        )
-        .await;
-    }
+    namespace(&west, "shop").await;
     apply::<Node>(
         &local,
         json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a",
@@ -135,11 +216,53 @@ async fn setup(env: Env) -> World {
     // meshlink runs as the ServiceAccount of deploy/, with nothing but its RBAC.
     let meshlink_token = service_account_token(&local, "linkerd", "meshlink").await;
     let kubeconfig = env.token_kubeconfig("local", &meshlink_token, "meshlink.kubeconfig");
-    let kubeconfig = kubeconfig.to_str().expect("utf-8 path").to_string();
+    let server = start_meshlink(&kubeconfig).await;
+
+    // The relister: the same grants through its own ClusterRole (which a case edits),
+    // reaching the API server through a proxy (which a case cuts).
+    apply_yaml(
+        &local,
+        "apiVersion: v1
+kind: ServiceAccount
+metadata: {name: relister, namespace: linkerd}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: relister}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: relister}
+subjects: [{kind: ServiceAccount, name: relister, namespace: linkerd}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: relister-credentials, namespace: linkerd}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: meshlink-credentials}
+subjects: [{kind: ServiceAccount, name: relister, namespace: linkerd}]
+",
+    )
+    .await;
+    relister_role(&local, true).await;
+    let proxy = Proxy::start(env.apiserver_addr("local")).await;
+    let token = service_account_token(&local, "linkerd", "relister").await;
+    let kubeconfig =
+        env.token_kubeconfig_via("local", &token, "relister.kubeconfig", Some(proxy.addr));
+    let relister = start_meshlink(&kubeconfig).await;
+    World {
+        env,
+        local,
+        west,
+        server,
+        meshlink_token,
+        relister,
+        proxy,
+    }
+}
+
+async fn start_meshlink(kubeconfig: &std::path::Path) -> TestServer {
+    let kubeconfig = kubeconfig.to_str().expect("utf-8 path");
     let args = ServeArgs::try_parse_from([
         "serve",
         "--kubeconfig",
-        &kubeconfig,
+        kubeconfig,
         "--grpc-addr",
         "127.0.0.1:0",
         "--admin-addr",
@@ -156,19 +279,43 @@ async fn setup(env: Env) -> World {
         dir: tempfile::tempdir().expect("temp dir"),
     };
     assert_eq!(server.admin_get("/ready").await.0, 200);
-    World {
-        env,
+    server
+}
+
+/// The relister's ClusterRole: the rules of deploy/'s, without Pods when `pods` is false.
+async fn relister_role(local: &Client, pods: bool) {
+    let core = if pods {
+        json!(["services", "pods", "nodes"])
+    } else {
+        json!(["services", "nodes"])
+    };
+    apply_dynamic(
         local,
-        west,
-        server,
-        meshlink_token,
-    }
+        serde_json::from_value(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "relister"},
+            "rules": [
+                {"apiGroups": [""], "resources": core, "verbs": ["list", "watch"]},
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+            ]}))
+        .expect("ClusterRole"),
+    )
+    .await;
 }
 
 // --- objects ---
 
+async fn namespace(c: &Client, name: &str) {
+    apply::<Namespace>(
+        c,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+    )
+    .await;
+}
+
 async fn service(
     c: &Client,
+    ns: &str,
     name: &str,
     labels: serde_json::Value,
     annotations: serde_json::Value,
@@ -176,18 +323,18 @@ async fn service(
     apply::<Service>(
         c,
         json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"namespace": "shop", "name": name, "labels": labels, "annotations": annotations},
+            "metadata": {"namespace": ns, "name": name, "labels": labels, "annotations": annotations},
             "spec": {"ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}}),
     )
     .await;
 }
 
-/// A meshed pod of `web`, Running and Ready at `ip`.
-async fn pod(c: &Client, name: &str, ip: &str) {
+/// A meshed pod of `web` in `ns` (service account `web`), Running and Ready at `ip`.
+async fn pod(c: &Client, ns: &str, name: &str, ip: &str) {
     apply::<Pod>(
         c,
         json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"namespace": "shop", "name": name,
+            "metadata": {"namespace": ns, "name": name,
                 "labels": {"app": "web", "linkerd.io/control-plane-ns": "linkerd"}},
             "spec": {"serviceAccountName": "web", "nodeName": "node-a", "containers": [
                 {"name": "web", "image": "web:1", "ports": [{"name": "http", "containerPort": 8080}]},
@@ -195,7 +342,7 @@ async fn pod(c: &Client, name: &str, ip: &str) {
     )
     .await;
     // Nothing runs here to report status: patch it as a kubelet would.
-    Api::<Pod>::namespaced(c.clone(), "shop")
+    Api::<Pod>::namespaced(c.clone(), ns)
         .patch_status(
             name,
             &PatchParams::default(),
@@ -207,19 +354,26 @@ async fn pod(c: &Client, name: &str, ip: &str) {
         .expect("patch pod status");
 }
 
-/// The EndpointSlice of `service` with the pods `(name, ip)` as ready endpoints.
-async fn slice(c: &Client, service: &str, pods: &[(&str, &str)]) {
+async fn delete_pod(c: &Client, ns: &str, name: &str) {
+    Api::<Pod>::namespaced(c.clone(), ns)
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("delete a pod");
+}
+
+/// The EndpointSlice of `service` in `ns` with the pods `(name, ip)` as ready endpoints.
+async fn slice(c: &Client, ns: &str, service: &str, pods: &[(&str, &str)]) {
     let endpoints: Vec<_> = pods
         .iter()
         .map(|(name, ip)| {
             json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": "node-a",
-                "targetRef": {"kind": "Pod", "namespace": "shop", "name": name}})
+                "targetRef": {"kind": "Pod", "namespace": ns, "name": name}})
         })
         .collect();
     apply::<EndpointSlice>(
         c,
         json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"namespace": "shop", "name": format!("{service}-1"),
+            "metadata": {"namespace": ns, "name": format!("{service}-1"),
                 "labels": {"kubernetes.io/service-name": service}},
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
@@ -228,75 +382,78 @@ async fn slice(c: &Client, service: &str, pods: &[(&str, &str)]) {
     .await;
 }
 
-async fn get(world: &World, name: &'static str, authority: &str) -> Tracked {
-    Tracked::new(name, world.server.get(authority).await.expect("Get"))
+/// Namespace `ns` on local with service `web` backed by the meshed pods `(name, ip)`.
+async fn local_web(world: &World, ns: &str, pods: &[(&str, &str)]) {
+    namespace(&world.local, ns).await;
+    service(&world.local, ns, "web", json!({}), json!({})).await;
+    for (name, ip) in pods {
+        pod(&world.local, ns, name, ip).await;
+    }
+    slice(&world.local, ns, "web", pods).await;
 }
 
-async fn metric(world: &World, line: &str) -> bool {
-    world.server.metrics().await.lines().any(|l| l == line)
+fn web(ns: &str) -> String {
+    format!("web.{ns}.svc.cluster.local:8080")
 }
 
-// --- cases ---
+fn local_id(ns: &str) -> String {
+    format!("web.{ns}.serviceaccount.identity.linkerd.cluster.local")
+}
 
-async fn local_endpoints(world: &World) -> Tracked {
-    service(&world.local, "web", json!({}), json!({})).await;
-    pod(&world.local, "web-0", "10.1.0.1").await;
-    pod(&world.local, "web-1", "10.1.0.2").await;
-    slice(
-        &world.local,
-        "web",
-        &[("web-0", "10.1.0.1"), ("web-1", "10.1.0.2")],
-    )
-    .await;
-    let mut web = get(world, "web", WEB).await;
+async fn get(server: &TestServer, name: &str, authority: &str) -> Tracked {
+    Tracked::new(name, server.get(authority).await.expect("Get"))
+}
+
+async fn metric(server: &TestServer, line: &str) -> bool {
+    server.metrics().await.lines().any(|l| l == line)
+}
+
+/// LIST requests of the relister per kind, from the local API server's audit log.
+fn relister_lists(world: &World) -> Vec<(&'static str, usize)> {
+    LISTED
+        .iter()
+        .map(|r| (*r, world.env.lists("local", RELISTER, r)))
+        .collect()
+}
+
+// --- cases: local ---
+
+async fn local_endpoints_carry_identities_hints_and_zones(world: Arc<World>) {
+    let ns = "endpoints";
+    local_web(&world, ns, &[("web-0", "10.1.0.1"), ("web-1", "10.1.0.2")]).await;
+    let mut web = get(&world.server, "web", &web(ns)).await;
     web.converge(&["10.1.0.1:8080", "10.1.0.2:8080"]).await;
-    for addr in ["10.1.0.1:8080", "10.1.0.2:8080"] {
+    for (addr, pod) in [("10.1.0.1:8080", "web-0"), ("10.1.0.2:8080", "web-1")] {
         let a = web.get(addr);
-        assert_eq!(identity(a).as_deref(), Some(LOCAL_ID));
-        assert_eq!(server_name(a).as_deref(), Some(LOCAL_ID));
+        assert_eq!(identity(a), Some(local_id(ns)));
+        assert_eq!(server_name(a), Some(local_id(ns)));
         assert_eq!(hint(a), Some("h2"));
         assert_eq!(
             a.metric_labels.get("zone").map(String::as_str),
             Some("zone-a")
         );
-        assert_eq!(
-            a.metric_labels.get("pod").map(String::as_str),
-            Some(&a_pod(addr)[..])
-        );
-    }
-    web
-}
-
-fn a_pod(addr: &str) -> String {
-    match addr {
-        "10.1.0.1:8080" => "web-0".into(),
-        _ => "web-1".into(),
+        assert_eq!(a.metric_labels.get("pod").map(String::as_str), Some(pod));
     }
 }
 
-async fn scale_local(world: &World, web: &mut Tracked) {
-    pod(&world.local, "web-2", "10.1.0.3").await;
-    slice(
-        &world.local,
-        "web",
-        &[
-            ("web-0", "10.1.0.1"),
-            ("web-1", "10.1.0.2"),
-            ("web-2", "10.1.0.3"),
-        ],
-    )
-    .await;
+async fn scaling_a_slice_streams_only_the_difference(world: Arc<World>) {
+    let ns = "scaling";
+    local_web(&world, ns, &[("web-0", "10.1.1.1"), ("web-1", "10.1.1.2")]).await;
+    let mut web = get(&world.server, "web", &web(ns)).await;
+    web.converge(&["10.1.1.1:8080", "10.1.1.2:8080"]).await;
+    pod(&world.local, ns, "web-2", "10.1.1.3").await;
+    let three = [
+        ("web-0", "10.1.1.1"),
+        ("web-1", "10.1.1.2"),
+        ("web-2", "10.1.1.3"),
+    ];
+    slice(&world.local, ns, "web", &three).await;
     let removes = web.removes;
-    web.converge(&["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"])
+    web.converge(&["10.1.1.1:8080", "10.1.1.2:8080", "10.1.1.3:8080"])
         .await;
     assert_eq!(web.removes, removes, "scaling up removes nothing");
-    slice(
-        &world.local,
-        "web",
-        &[("web-1", "10.1.0.2"), ("web-2", "10.1.0.3")],
-    )
-    .await;
-    web.converge(&["10.1.0.2:8080", "10.1.0.3:8080"]).await;
+    slice(&world.local, ns, "web", &three[1..]).await;
+    web.converge(&["10.1.1.2:8080", "10.1.1.3:8080"]).await;
     assert_eq!(
         web.removes,
         removes + 1,
@@ -304,7 +461,57 @@ async fn scale_local(world: &World, web: &mut Tracked) {
     );
 }
 
-/// Links west with `meshlink link` run against west's API server; returns its output.
+// --- cases: west ---
+
+/// West's pods of `web` (exported for remote discovery and federation) and local's
+/// mirrors of it (as the service mirror would write them) and local's `web` in `shop`.
+const WEST_PODS: [(&str, &str); 2] = [("web-w0", "10.2.0.1"), ("web-w1", "10.2.0.2")];
+const LOCAL_SHOP_PODS: [(&str, &str); 2] = [("web-0", "10.1.2.1"), ("web-1", "10.1.2.2")];
+
+async fn west_world(world: &World) {
+    let west = &world.west;
+    service(
+        west,
+        "shop",
+        "web",
+        json!({"mirror.linkerd.io/exported": "remote-discovery", "mirror.linkerd.io/federated": "member"}),
+        json!({}),
+    )
+    .await;
+    for (name, ip) in WEST_PODS {
+        pod(west, "shop", name, ip).await;
+    }
+    slice(west, "shop", "web", &WEST_PODS).await;
+    local_web(world, "shop", &LOCAL_SHOP_PODS).await;
+    service(
+        &world.local,
+        "shop",
+        "web-west",
+        json!({"mirror.linkerd.io/mirrored-service": "true", "mirror.linkerd.io/cluster-name": "west",
+            "multicluster.linkerd.io/remote-discovery": "west", "multicluster.linkerd.io/remote-service": "web"}),
+        json!({"mirror.linkerd.io/remote-svc-fq-name": "web.shop.svc.cluster.local"}),
+    )
+    .await;
+    service(
+        &world.local,
+        "shop",
+        "web-federated",
+        json!({}),
+        json!({"multicluster.linkerd.io/remote-discovery": "web@west",
+            "multicluster.linkerd.io/local-discovery": "web"}),
+    )
+    .await;
+}
+
+const WEST_ADDRS: [&str; 2] = ["10.2.0.1:8080", "10.2.0.2:8080"];
+const FED_ADDRS: [&str; 4] = [
+    "10.1.2.1:8080",
+    "10.1.2.2:8080",
+    "10.2.0.1:8080",
+    "10.2.0.2:8080",
+];
+
+/// Runs `meshlink link` against west's API server for `service_account`; its output.
 async fn link_output(world: &World, service_account: &str) -> String {
     let kubeconfig = world.env.kubeconfig("west");
     let kubeconfig = kubeconfig.to_str().expect("utf-8 path");
@@ -325,44 +532,52 @@ async fn link_output(world: &World, service_account: &str) -> String {
     runtime::link::render(&args).await.expect("meshlink link")
 }
 
-async fn link_west(world: &World) -> (Tracked, Tracked) {
-    let west = &world.west;
-    service(
-        west,
-        "web",
-        json!({"mirror.linkerd.io/exported": "remote-discovery", "mirror.linkerd.io/federated": "member"}),
-        json!({}),
-    )
+/// Links west with working credentials and waits until it is read.
+async fn link_west(world: &World, service_account: &str) {
+    let output = link_output(world, service_account).await;
+    assert!(output.contains("kind: Link"), "{output}");
+    apply_yaml(&world.local, &output).await;
+    eventually("west is linked and fresh", || async {
+        metric(&world.server, "meshlink_cluster_linked{cluster=\"west\"} 1").await
+            && metric(&world.server, "meshlink_cluster_stale{cluster=\"west\"} 0").await
+    })
     .await;
-    pod(west, "web-w0", "10.2.0.1").await;
-    pod(west, "web-w1", "10.2.0.2").await;
-    slice(
-        west,
-        "web",
-        &[("web-w0", "10.2.0.1"), ("web-w1", "10.2.0.2")],
-    )
-    .await;
+}
 
-    // The mirrors the service mirror would write for west (not part of this test).
-    service(
-        &world.local,
-        "web-west",
-        json!({"mirror.linkerd.io/mirrored-service": "true", "mirror.linkerd.io/cluster-name": "west",
-            "multicluster.linkerd.io/remote-discovery": "west", "multicluster.linkerd.io/remote-service": "web"}),
-        json!({"mirror.linkerd.io/remote-svc-fq-name": "web.shop.svc.cluster.local"}),
-    )
+/// West's objects in place, west linked, and streams of its mirror and the federated
+/// service at their expected endpoints.
+async fn linked_west(world: &World) -> (Tracked, Tracked) {
+    west_world(world).await;
+    link_west(world, "meshlink-remote-access").await;
+    let mut remote = get(&world.server, "web-west", WEB_WEST).await;
+    let mut fed = get(&world.server, "web-federated", WEB_FED).await;
+    remote.converge(&WEST_ADDRS).await;
+    fed.converge(&FED_ADDRS).await;
+    (remote, fed)
+}
+
+async fn unlink_west(world: &World) {
+    let secrets = Api::<Secret>::namespaced(world.local.clone(), "linkerd");
+    match secrets
+        .delete("cluster-credentials-west", &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => panic!("delete the Secret: {e}"),
+    }
+    eventually("west is no longer linked", || async {
+        !world.server.metrics().await.contains("cluster=\"west\"")
+    })
     .await;
-    service(
-        &world.local,
-        "web-federated",
-        json!({}),
-        json!({"multicluster.linkerd.io/remote-discovery": "web@west",
-            "multicluster.linkerd.io/local-discovery": "web"}),
-    )
-    .await;
-    let mut remote = get(world, "web-west", WEB_WEST).await;
-    let mut fed = get(world, "web-federated", WEB_FED).await;
-    fed.converge(&["10.1.0.2:8080", "10.1.0.3:8080"]).await;
+}
+
+async fn refused_credentials_leave_west_linked_but_stale(world: Arc<World>) {
+    west_world(&world).await;
+    unlink_west(&world).await;
+    let mut remote = get(&world.server, "web-west", WEB_WEST).await;
+    let mut fed = get(&world.server, "web-federated", WEB_FED).await;
+    fed.converge(&["10.1.2.1:8080", "10.1.2.2:8080"]).await;
 
     // Credentials west refuses (401): west is linked but stale, and serves nothing.
     let bogus = world
@@ -379,16 +594,20 @@ async fn link_west(world: &World) -> (Tracked, Tracked) {
     let secret = target.credentials_secret(&std::fs::read_to_string(bogus).expect("kubeconfig"));
     apply::<Secret>(&world.local, serde_json::to_value(&secret).expect("JSON")).await;
     eventually("west is linked, stale", || async {
-        metric(world, "meshlink_cluster_linked{cluster=\"west\"} 1").await
-            && metric(world, "meshlink_cluster_stale{cluster=\"west\"} 1").await
+        metric(&world.server, "meshlink_cluster_linked{cluster=\"west\"} 1").await
+            && metric(&world.server, "meshlink_cluster_stale{cluster=\"west\"} 1").await
     })
     .await;
+    remote.drain_for(Duration::from_secs(1)).await;
     assert!(remote.endpoints.is_empty());
+    assert_eq!(fed.addrs(), ["10.1.2.1:8080", "10.1.2.2:8080"]);
+}
 
-    // The real credentials: the same cluster is read with them.
-    let output = link_output(world, "meshlink-remote-access").await;
-    assert!(output.contains("kind: Link"), "{output}");
-    apply_yaml(&world.local, &output).await;
+async fn meshlink_link_links_west_for_remote_discovery_and_federation(world: Arc<World>) {
+    west_world(&world).await;
+    let mut remote = get(&world.server, "web-west", WEB_WEST).await;
+    let mut fed = get(&world.server, "web-federated", WEB_FED).await;
+    link_west(&world, "meshlink-remote-access").await;
     let link = Api::<Link>::namespaced(world.local.clone(), "linkerd")
         .get("west")
         .await
@@ -397,53 +616,51 @@ async fn link_west(world: &World) -> (Tracked, Tracked) {
         link.spec.cluster_credentials_secret.as_deref(),
         Some("cluster-credentials-west")
     );
-
-    remote.converge(&["10.2.0.1:8080", "10.2.0.2:8080"]).await;
-    for addr in ["10.2.0.1:8080", "10.2.0.2:8080"] {
+    remote.converge(&WEST_ADDRS).await;
+    for addr in WEST_ADDRS {
         assert_eq!(identity(remote.get(addr)).as_deref(), Some(WEST_ID));
     }
-    fed.converge(&[
-        "10.1.0.2:8080",
-        "10.1.0.3:8080",
-        "10.2.0.1:8080",
-        "10.2.0.2:8080",
-    ])
-    .await;
+    fed.converge(&FED_ADDRS).await;
     assert_eq!(identity(fed.get("10.2.0.1:8080")).as_deref(), Some(WEST_ID));
-    assert_eq!(
-        identity(fed.get("10.1.0.2:8080")).as_deref(),
-        Some(LOCAL_ID)
-    );
-    eventually("west is linked and fresh", || async {
-        metric(world, "meshlink_cluster_linked{cluster=\"west\"} 1").await
-            && metric(world, "meshlink_cluster_stale{cluster=\"west\"} 0").await
-    })
-    .await;
-    (remote, fed)
+    assert_eq!(identity(fed.get("10.1.2.1:8080")), Some(local_id("shop")));
 }
 
-async fn rotate_token(world: &World, remote: &mut Tracked, fed: &mut Tracked) {
-    // New credentials from another account with the same grant; then the first account
-    // goes away, so its tokens stop working: west is only read on if the new token is used.
+async fn a_rotated_token_keeps_west_flowing_without_a_gap(world: Arc<World>) {
+    // Two accounts with the same grant: west is linked with the first, then with the
+    // second, and the first goes away, so its tokens stop working: west is only read on
+    // if the new token is used.
     apply_yaml(
         &world.west,
         "apiVersion: v1
 kind: ServiceAccount
-metadata: {name: rotated, namespace: linkerd}
+metadata: {name: rotate-old, namespace: linkerd}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: rotate-new, namespace: linkerd}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
-metadata: {name: meshlink-remote-access-rotated}
+metadata: {name: meshlink-remote-access-rotate}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: meshlink-remote-access}
-subjects: [{kind: ServiceAccount, name: rotated, namespace: linkerd}]
+subjects:
+- {kind: ServiceAccount, name: rotate-old, namespace: linkerd}
+- {kind: ServiceAccount, name: rotate-new, namespace: linkerd}
 ",
     )
     .await;
+    west_world(&world).await;
+    link_west(&world, "rotate-old").await;
+    let mut remote = get(&world.server, "web-west", WEB_WEST).await;
+    let mut fed = get(&world.server, "web-federated", WEB_FED).await;
+    remote.converge(&WEST_ADDRS).await;
+    fed.converge(&FED_ADDRS).await;
+
     let before = (remote.removes, fed.removes);
-    let output = link_output(world, "rotated").await;
+    let output = link_output(&world, "rotate-new").await;
     apply_yaml(&world.local, &output).await;
     Api::<ServiceAccount>::namespaced(world.west.clone(), "linkerd")
-        .delete("meshlink-remote-access", &DeleteParams::default())
+        .delete("rotate-old", &DeleteParams::default())
         .await
         .expect("delete the old account");
     // Streams keep their endpoints through the switch...
@@ -453,49 +670,38 @@ subjects: [{kind: ServiceAccount, name: rotated, namespace: linkerd}]
         before,
         "rotation flapped endpoints"
     );
-    assert_eq!(remote.addrs(), ["10.2.0.1:8080", "10.2.0.2:8080"]);
+    assert_eq!(remote.addrs(), WEST_ADDRS);
     // ...and west's changes keep coming, read with the new token.
-    pod(&world.west, "web-w2", "10.2.0.3").await;
-    slice(
-        &world.west,
-        "web",
-        &[
-            ("web-w0", "10.2.0.1"),
-            ("web-w1", "10.2.0.2"),
-            ("web-w2", "10.2.0.3"),
-        ],
-    )
-    .await;
+    pod(&world.west, "shop", "web-w2", "10.2.0.3").await;
+    let three = [WEST_PODS[0], WEST_PODS[1], ("web-w2", "10.2.0.3")];
+    slice(&world.west, "shop", "web", &three).await;
     remote
         .converge(&["10.2.0.1:8080", "10.2.0.2:8080", "10.2.0.3:8080"])
         .await;
     fed.converge(&[
-        "10.1.0.2:8080",
-        "10.1.0.3:8080",
+        "10.1.2.1:8080",
+        "10.1.2.2:8080",
         "10.2.0.1:8080",
         "10.2.0.2:8080",
         "10.2.0.3:8080",
     ])
     .await;
-    assert!(metric(world, "meshlink_cluster_stale{cluster=\"west\"} 0").await);
+    assert!(metric(&world.server, "meshlink_cluster_stale{cluster=\"west\"} 0").await);
+    delete_pod(&world.west, "shop", "web-w2").await;
 }
 
-async fn unlink_and_relink(world: &World, remote: &mut Tracked, fed: &mut Tracked) {
+async fn deleting_the_credentials_secret_unlinks_west_and_recreating_it_links_again(
+    world: Arc<World>,
+) {
+    let (mut remote, mut fed) = linked_west(&world).await;
     let secrets = Api::<Secret>::namespaced(world.local.clone(), "linkerd");
     let secret = secrets
         .get("cluster-credentials-west")
         .await
         .expect("the Secret");
-    secrets
-        .delete("cluster-credentials-west", &DeleteParams::default())
-        .await
-        .expect("delete the Secret");
+    unlink_west(&world).await;
     remote.converge(&[]).await;
-    fed.converge(&["10.1.0.2:8080", "10.1.0.3:8080"]).await;
-    eventually("west is no longer linked", || async {
-        !world.server.metrics().await.contains("cluster=\"west\"")
-    })
-    .await;
+    fed.converge(&["10.1.2.1:8080", "10.1.2.2:8080"]).await;
 
     let mut secret = secret;
     secret.metadata.resource_version = None;
@@ -504,147 +710,14 @@ async fn unlink_and_relink(world: &World, remote: &mut Tracked, fed: &mut Tracke
     secret.metadata.creation_timestamp = None;
     let value = serde_json::to_value(&secret).expect("Secret JSON");
     apply::<Secret>(&world.local, value).await;
-    let west = ["10.2.0.1:8080", "10.2.0.2:8080", "10.2.0.3:8080"];
-    remote.converge(&west).await;
-    fed.converge(&[
-        "10.1.0.2:8080",
-        "10.1.0.3:8080",
-        "10.2.0.1:8080",
-        "10.2.0.2:8080",
-        "10.2.0.3:8080",
-    ])
-    .await;
+    remote.converge(&WEST_ADDRS).await;
+    fed.converge(&FED_ADDRS).await;
 }
 
-async fn west_down(world: &World, web: &mut Tracked, remote: &mut Tracked, fed: &mut Tracked) {
-    world.env.stop_apiserver("west").await;
-    eventually("west is stale", || async {
-        metric(world, "meshlink_cluster_stale{cluster=\"west\"} 1").await
-    })
-    .await;
-    assert!(metric(world, "meshlink_cluster_stale{cluster=\"local\"} 0").await);
-    assert_eq!(
-        world.server.admin_get("/ready").await.0,
-        200,
-        "a linked cluster never gates readiness"
-    );
-
-    // Local changes keep flowing to local and federated streams.
-    pod(&world.local, "web-3", "10.1.0.4").await;
-    slice(
-        &world.local,
-        "web",
-        &[
-            ("web-1", "10.1.0.2"),
-            ("web-2", "10.1.0.3"),
-            ("web-3", "10.1.0.4"),
-        ],
-    )
-    .await;
-    web.converge(&["10.1.0.2:8080", "10.1.0.3:8080", "10.1.0.4:8080"])
-        .await;
-    fed.converge(&[
-        "10.1.0.2:8080",
-        "10.1.0.3:8080",
-        "10.1.0.4:8080",
-        "10.2.0.1:8080",
-        "10.2.0.2:8080",
-        "10.2.0.3:8080",
-    ])
-    .await;
-    // West's last endpoints stay.
-    let removes = remote.removes;
-    remote.drain_for(Duration::from_secs(2)).await;
-    assert_eq!(remote.removes, removes);
-    assert_eq!(
-        remote.addrs(),
-        ["10.2.0.1:8080", "10.2.0.2:8080", "10.2.0.3:8080"]
-    );
-}
-
-async fn west_back(world: &World, remote: &mut Tracked, fed: &mut Tracked) {
-    world.env.start_apiserver("west").await;
-    // Changed right away, most likely before meshlink's next attempt: the relist finds it.
-    Api::<Pod>::namespaced(world.west.clone(), "shop")
-        .delete("web-w0", &DeleteParams::default())
-        .await
-        .expect("delete a west pod");
-    pod(&world.west, "web-w3", "10.2.0.4").await;
-    slice(
-        &world.west,
-        "web",
-        &[
-            ("web-w1", "10.2.0.2"),
-            ("web-w2", "10.2.0.3"),
-            ("web-w3", "10.2.0.4"),
-        ],
-    )
-    .await;
-    remote
-        .converge(&["10.2.0.2:8080", "10.2.0.3:8080", "10.2.0.4:8080"])
-        .await;
-    fed.converge(&[
-        "10.1.0.2:8080",
-        "10.1.0.3:8080",
-        "10.1.0.4:8080",
-        "10.2.0.2:8080",
-        "10.2.0.3:8080",
-        "10.2.0.4:8080",
-    ])
-    .await;
-    eventually("west is fresh again", || async {
-        metric(world, "meshlink_cluster_stale{cluster=\"west\"} 0").await
-    })
-    .await;
-}
-
-async fn local_restart(world: &World, web: &mut Tracked, fed: &mut Tracked) {
-    world.env.restart_apiserver("local").await;
-    Api::<Pod>::namespaced(world.local.clone(), "shop")
-        .delete("web-1", &DeleteParams::default())
-        .await
-        .expect("delete a local pod");
-    pod(&world.local, "web-4", "10.1.0.5").await;
-    slice(
-        &world.local,
-        "web",
-        &[
-            ("web-2", "10.1.0.3"),
-            ("web-3", "10.1.0.4"),
-            ("web-4", "10.1.0.5"),
-        ],
-    )
-    .await;
-    web.converge(&["10.1.0.3:8080", "10.1.0.4:8080", "10.1.0.5:8080"])
-        .await;
-    assert_eq!(
-        identity(web.get("10.1.0.5:8080")).as_deref(),
-        Some(LOCAL_ID)
-    );
-    fed.converge(&[
-        "10.1.0.3:8080",
-        "10.1.0.4:8080",
-        "10.1.0.5:8080",
-        "10.2.0.2:8080",
-        "10.2.0.3:8080",
-        "10.2.0.4:8080",
-    ])
-    .await;
-    eventually("local is fresh again", || async {
-        metric(world, "meshlink_cluster_stale{cluster=\"local\"} 0").await
-    })
-    .await;
-    assert_eq!(world.server.admin_get("/ready").await.0, 200);
-    // A stream opened now sees the same.
-    let mut fresh = get(world, "web (new stream)", WEB).await;
-    fresh
-        .converge(&["10.1.0.3:8080", "10.1.0.4:8080", "10.1.0.5:8080"])
-        .await;
-}
-
-async fn rbac(world: &World) {
+async fn rbac_of_deploy_is_enough_and_refuses_the_rest(world: Arc<World>) {
+    let world = &*world;
     // Everything meshlink reads with its token worked: the local cluster is fresh.
-    assert!(metric(world, "meshlink_cluster_stale{cluster=\"local\"} 0").await);
+    assert!(metric(&world.server, "meshlink_cluster_stale{cluster=\"local\"} 0").await);
     let c = token_client(&world.env, "local", &world.meshlink_token).await;
     let lp = ListParams::default().limit(1);
     Api::<Secret>::namespaced(c.clone(), "linkerd")
@@ -675,7 +748,7 @@ async fn rbac(world: &World) {
     );
 
     // West's credentials read endpoints there and nothing else.
-    let output = link_output(world, "rotated").await;
+    let output = link_output(world, "meshlink-remote-access").await;
     let token = output
         .lines()
         .find_map(|l| l.trim().strip_prefix("kubeconfig: "))
@@ -702,6 +775,210 @@ async fn rbac(world: &World) {
             .list(&lp)
             .await,
     );
+}
+
+// --- cases: watches that break ---
+
+async fn a_broken_watch_resumes_without_a_new_list(world: Arc<World>) {
+    let ns = "resume";
+    local_web(&world, ns, &[("web-0", "10.1.3.1"), ("web-1", "10.1.3.2")]).await;
+    let mut web = get(&world.relister, "web", &web(ns)).await;
+    web.converge(&["10.1.3.1:8080", "10.1.3.2:8080"]).await;
+    let lists = relister_lists(&world);
+    assert!(
+        lists.iter().all(|(_, n)| *n >= 1),
+        "the audit log counts the relister's lists: {lists:?}"
+    );
+
+    // A network blip: every watch of the relister breaks and cannot reconnect for a while.
+    world.proxy.cut();
+    eventually("the relister's cluster is stale", || async {
+        metric(
+            &world.relister,
+            "meshlink_cluster_stale{cluster=\"local\"} 1",
+        )
+        .await
+    })
+    .await;
+    // Changed meanwhile: the resumed watches must bring it.
+    pod(&world.local, ns, "web-2", "10.1.3.3").await;
+    slice(
+        &world.local,
+        ns,
+        "web",
+        &[("web-1", "10.1.3.2"), ("web-2", "10.1.3.3")],
+    )
+    .await;
+    delete_pod(&world.local, ns, "web-0").await;
+    world.proxy.restore();
+    web.converge(&["10.1.3.2:8080", "10.1.3.3:8080"]).await;
+    eventually("the relister's cluster is fresh again", || async {
+        metric(
+            &world.relister,
+            "meshlink_cluster_stale{cluster=\"local\"} 0",
+        )
+        .await
+    })
+    .await;
+    assert_eq!(
+        relister_lists(&world),
+        lists,
+        "a broken watch resumes from its resourceVersion, without a new LIST"
+    );
+}
+
+async fn west_api_server_down_keeps_its_endpoints_then_changes_converge(world: Arc<World>) {
+    let (mut remote, mut fed) = linked_west(&world).await;
+    let ns = "westdown";
+    local_web(&world, ns, &[("web-0", "10.1.4.1")]).await;
+    let mut local = get(&world.server, "web", &web(ns)).await;
+    local.converge(&["10.1.4.1:8080"]).await;
+
+    world.env.stop_apiserver("west").await;
+    eventually("west is stale", || async {
+        metric(&world.server, "meshlink_cluster_stale{cluster=\"west\"} 1").await
+    })
+    .await;
+    assert!(metric(&world.server, "meshlink_cluster_stale{cluster=\"local\"} 0").await);
+    assert_eq!(
+        world.server.admin_get("/ready").await.0,
+        200,
+        "a linked cluster never gates readiness"
+    );
+    // Local changes keep flowing to local and federated streams.
+    pod(&world.local, ns, "web-1", "10.1.4.2").await;
+    slice(
+        &world.local,
+        ns,
+        "web",
+        &[("web-0", "10.1.4.1"), ("web-1", "10.1.4.2")],
+    )
+    .await;
+    local.converge(&["10.1.4.1:8080", "10.1.4.2:8080"]).await;
+    pod(&world.local, "shop", "web-2", "10.1.2.3").await;
+    let shop3 = [
+        LOCAL_SHOP_PODS[0],
+        LOCAL_SHOP_PODS[1],
+        ("web-2", "10.1.2.3"),
+    ];
+    slice(&world.local, "shop", "web", &shop3).await;
+    let mut fed_now: Vec<&str> = FED_ADDRS.to_vec();
+    fed_now.push("10.1.2.3:8080");
+    fed.converge(&fed_now).await;
+    // West's last endpoints stay.
+    let removes = remote.removes;
+    remote.drain_for(Duration::from_secs(2)).await;
+    assert_eq!(remote.removes, removes);
+    assert_eq!(remote.addrs(), WEST_ADDRS);
+
+    world.env.start_apiserver("west").await;
+    // Changed right away, most likely before meshlink's next attempt.
+    delete_pod(&world.west, "shop", "web-w0").await;
+    pod(&world.west, "shop", "web-w3", "10.2.0.4").await;
+    slice(
+        &world.west,
+        "shop",
+        "web",
+        &[("web-w1", "10.2.0.2"), ("web-w3", "10.2.0.4")],
+    )
+    .await;
+    remote.converge(&["10.2.0.2:8080", "10.2.0.4:8080"]).await;
+    fed.converge(&[
+        "10.1.2.1:8080",
+        "10.1.2.2:8080",
+        "10.1.2.3:8080",
+        "10.2.0.2:8080",
+        "10.2.0.4:8080",
+    ])
+    .await;
+    eventually("west is fresh again", || async {
+        metric(&world.server, "meshlink_cluster_stale{cluster=\"west\"} 0").await
+    })
+    .await;
+    // Back to the objects the west cases start from.
+    delete_pod(&world.west, "shop", "web-w3").await;
+    delete_pod(&world.local, "shop", "web-2").await;
+}
+
+async fn a_410_gone_relists_and_slices_before_pods_expose_no_bare_endpoint(world: Arc<World>) {
+    let ns = "relist";
+    local_web(&world, ns, &[("web-0", "10.1.5.1"), ("web-1", "10.1.5.2")]).await;
+    let mut relisted = get(&world.relister, "web (relister)", &web(ns)).await;
+    let mut direct = get(&world.server, "web", &web(ns)).await;
+    relisted.converge(&["10.1.5.1:8080", "10.1.5.2:8080"]).await;
+    direct.converge(&["10.1.5.1:8080", "10.1.5.2:8080"]).await;
+    let lists = relister_lists(&world);
+    let slice_lists = world.env.lists("local", RELISTER, "endpointslices");
+
+    // The relister's watches break; while they are down web-2 comes and web-0 goes, and
+    // the API server restarts: its watch cache starts anew, past the relister's
+    // resourceVersions, so every kind of the relister gets 410 Gone and lists again.
+    // Pods may not be listed for now: the EndpointSlices' list lands first, naming web-2.
+    world.proxy.cut();
+    relister_role(&world.local, false).await;
+    pod(&world.local, ns, "web-2", "10.1.5.3").await;
+    slice(
+        &world.local,
+        ns,
+        "web",
+        &[("web-1", "10.1.5.2"), ("web-2", "10.1.5.3")],
+    )
+    .await;
+    delete_pod(&world.local, ns, "web-0").await;
+    world.env.restart_apiserver("local").await;
+    world.proxy.restore();
+
+    eventually("the relister listed EndpointSlices again", || async {
+        world.env.lists("local", RELISTER, "endpointslices") > slice_lists
+    })
+    .await;
+    // Every message is checked for identities (Tracked): web-2 must be withheld.
+    relisted.drain_for(Duration::from_secs(2)).await;
+    assert_eq!(
+        relisted.addrs(),
+        ["10.1.5.2:8080"],
+        "web-2's pod is not known yet: withheld, not served bare"
+    );
+    assert!(
+        metric(
+            &world.relister,
+            "meshlink_cluster_stale{cluster=\"local\"} 1"
+        )
+        .await
+    );
+
+    relister_role(&world.local, true).await;
+    // The forbidden Pod watch has been backing off: up to the default backoff's 30 s
+    // cap passes before it is tried again (then the 410 relists at once).
+    relisted
+        .converge_within(&["10.1.5.2:8080", "10.1.5.3:8080"], Duration::from_secs(75))
+        .await;
+    assert_eq!(identity(relisted.get("10.1.5.3:8080")), Some(local_id(ns)));
+    eventually("the relister's cluster is fresh again", || async {
+        metric(
+            &world.relister,
+            "meshlink_cluster_stale{cluster=\"local\"} 0",
+        )
+        .await
+    })
+    .await;
+    let after = relister_lists(&world);
+    for ((kind, before), (_, now)) in lists.iter().zip(&after) {
+        assert!(
+            now > before,
+            "a 410 Gone makes {kind} listed again: {after:?}"
+        );
+    }
+
+    // meshlink reading local directly converges too, as does a stream opened now.
+    direct.converge(&["10.1.5.2:8080", "10.1.5.3:8080"]).await;
+    eventually("local is fresh again", || async {
+        metric(&world.server, "meshlink_cluster_stale{cluster=\"local\"} 0").await
+    })
+    .await;
+    assert_eq!(world.server.admin_get("/ready").await.0, 200);
+    let mut fresh = get(&world.server, "web (new stream)", &web(ns)).await;
+    fresh.converge(&["10.1.5.2:8080", "10.1.5.3:8080"]).await;
 }
 
 fn assert_forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>) {

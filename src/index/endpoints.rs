@@ -50,7 +50,16 @@ impl ClusterIndex {
             };
             let gateway = slice.gateway.as_ref().or(state.gateway.as_ref());
             for ep in slice.endpoints.iter().filter(|e| e.ready) {
-                let pod = ep.pod.as_ref().and_then(|k| self.pods.get(k));
+                // An endpoint of a pod is served only with what the pod says (identity,
+                // hint): until the pod is known it is withheld, never sent bare, so a
+                // proxy never reaches a meshed pod without mTLS.
+                let pod = match &ep.pod {
+                    Some(key) => match self.pods.get(key) {
+                        Some(pod) => Some(pod),
+                        None => continue,
+                    },
+                    None => None,
+                };
                 for ip in &ep.addrs {
                     if ip.is_ipv6()
                         && let Some(p) = &ep.pod

@@ -102,6 +102,17 @@ pub struct ClusterIndex {
     lookups: HashMap<ServiceRef, HashMap<u16, watch::Sender<Arc<PortSnapshot>>>>,
     service_watches: HashMap<ServiceRef, watch::Sender<Option<Arc<ServiceInfo>>>>,
     addr_watches: HashMap<IpAddr, HashMap<u16, watch::Sender<AddrTarget>>>,
+    /// While a relist is applied: what to republish once it is whole.
+    deferred: Option<Deferred>,
+}
+
+/// Lookups to republish at the end of a batch, so a relist reaches readers as one change
+/// and never as the intermediate states of applying it object by object.
+#[derive(Default)]
+struct Deferred {
+    services: HashSet<ServiceRef>,
+    ips: HashSet<IpAddr>,
+    all: bool,
 }
 
 // === impl ClusterIndex ===
@@ -125,6 +136,7 @@ impl ClusterIndex {
             lookups: HashMap::new(),
             service_watches: HashMap::new(),
             addr_watches: HashMap::new(),
+            deferred: None,
         }
     }
 
@@ -267,12 +279,14 @@ impl ClusterIndex {
             .filter(|k| !keep.contains(*k))
             .cloned()
             .collect();
-        for key in gone {
-            self.delete_service(&key.namespace, &key.name);
-        }
-        for svc in svcs {
-            self.apply_service(svc);
-        }
+        self.batch(|index| {
+            for key in gone {
+                index.delete_service(&key.namespace, &key.name);
+            }
+            for svc in svcs {
+                index.apply_service(svc);
+            }
+        });
     }
 
     fn after_service_change(&mut self, key: &ServiceRef, old: Option<ServiceState>) {
@@ -373,12 +387,14 @@ impl ClusterIndex {
             .filter(|k| !keep.contains(*k))
             .cloned()
             .collect();
-        for (ns, name) in gone {
-            self.delete_endpoint_slice(&ns, &name);
-        }
-        for s in slices {
-            self.apply_endpoint_slice(s);
-        }
+        self.batch(|index| {
+            for (ns, name) in gone {
+                index.delete_endpoint_slice(&ns, &name);
+            }
+            for s in slices {
+                index.apply_endpoint_slice(s);
+            }
+        });
     }
 
     fn track_pod_refs(&mut self, svc: &Arc<ServiceRef>, old: &[PodRef], new: &[PodRef]) {
@@ -427,7 +443,8 @@ impl ClusterIndex {
         }
     }
 
-    /// Replaces every Pod with `pods`.
+    /// Replaces every Pod with `pods`; pods in both the old and the new list stay known
+    /// throughout, so their endpoints keep their identities.
     pub fn reset_pods(&mut self, pods: &[Pod]) {
         let keep: HashSet<PodRef> = pods.iter().filter_map(pod::pod_ref).collect();
         let gone: Vec<PodRef> = self
@@ -436,14 +453,16 @@ impl ClusterIndex {
             .filter(|k| !keep.contains(*k))
             .cloned()
             .collect();
-        for key in gone {
-            if let Some(old) = self.pods.remove(&key) {
-                self.after_pod_change(&key, Some(old));
+        self.batch(|index| {
+            for key in gone {
+                if let Some(old) = index.pods.remove(&key) {
+                    index.after_pod_change(&key, Some(old));
+                }
             }
-        }
-        for p in pods {
-            self.apply_pod(p);
-        }
+            for p in pods {
+                index.apply_pod(p);
+            }
+        });
     }
 
     fn after_pod_change(&mut self, key: &PodRef, old: Option<Arc<PodInfo>>) {
@@ -541,8 +560,31 @@ impl ClusterIndex {
 
     // --- publishing ---
 
+    /// Runs `f` (a relist's changes) and then republishes each lookup it touched once.
+    fn batch(&mut self, f: impl FnOnce(&mut Self)) {
+        self.deferred = Some(Deferred::default());
+        f(self);
+        let Some(deferred) = self.deferred.take() else {
+            return;
+        };
+        if deferred.all {
+            self.refresh_all();
+            return;
+        }
+        for svc in deferred.services {
+            self.refresh_service(&svc);
+        }
+        for ip in deferred.ips {
+            self.refresh_addr_ip(ip);
+        }
+    }
+
     /// Recomputes every open lookup of `svc` and publishes those that changed.
     fn refresh_service(&mut self, svc: &ServiceRef) {
+        if let Some(deferred) = self.deferred.as_mut() {
+            deferred.services.insert(svc.clone());
+            return;
+        }
         let Some(ports) = self.lookups.get(svc) else {
             return;
         };
@@ -586,6 +628,10 @@ impl ClusterIndex {
     }
 
     fn refresh_all(&mut self) {
+        if let Some(deferred) = self.deferred.as_mut() {
+            deferred.all = true;
+            return;
+        }
         let svcs: Vec<ServiceRef> = self.lookups.keys().cloned().collect();
         for svc in svcs {
             self.refresh_service(&svc);
@@ -597,6 +643,10 @@ impl ClusterIndex {
     }
 
     fn refresh_addr_ip(&mut self, ip: IpAddr) {
+        if let Some(deferred) = self.deferred.as_mut() {
+            deferred.ips.insert(ip);
+            return;
+        }
         let Some(ports) = self.addr_watches.get(&ip) else {
             return;
         };

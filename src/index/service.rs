@@ -1,11 +1,16 @@
 //! Services as the index keeps them: their ports and their interpreted kind.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+
+use k8s_openapi::{api::core::v1::ServiceSpec, apimachinery::pkg::util::intstr::IntOrString};
 
 use crate::{
     k8s::{Service, labels},
     model::{FederatedMember, MirrorInfo, PortSet, ServiceInfo, ServiceKind, ServiceRef},
 };
+
+/// Labels or annotations.
+type StrMap = BTreeMap<String, String>;
 
 /// A service port and where it sends traffic.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,97 +50,29 @@ pub(super) fn service_ref(svc: &Service) -> Option<ServiceRef> {
 }
 
 impl ServiceState {
+    /// Reads a Service; `None` when it has no name.
     pub fn from_k8s(svc: &Service) -> Option<Self> {
         let key = service_ref(svc)?;
         let spec = svc.spec.clone().unwrap_or_default();
         let labels = svc.metadata.labels.clone().unwrap_or_default();
         let annotations = svc.metadata.annotations.clone().unwrap_or_default();
 
-        let kind = if spec.type_.as_deref() == Some("ExternalName") {
-            ServiceKind::ExternalName
-        } else if let Some(cluster) = labels.get(labels::MC_REMOTE_DISCOVERY) {
-            ServiceKind::RemoteDiscovery {
-                cluster: cluster.clone(),
-                service: labels.get(labels::MC_REMOTE_SERVICE).cloned(),
-            }
-        } else if annotations.contains_key(labels::MC_REMOTE_DISCOVERY)
-            || annotations.contains_key(labels::MC_LOCAL_DISCOVERY)
-        {
-            ServiceKind::Federated {
-                members: federated_members(
-                    annotations
-                        .get(labels::MC_LOCAL_DISCOVERY)
-                        .map(String::as_str),
-                    annotations
-                        .get(labels::MC_REMOTE_DISCOVERY)
-                        .map(String::as_str),
-                ),
-            }
-        } else {
-            ServiceKind::Local
-        };
-
-        let mut cluster_ips: Vec<IpAddr> = spec
-            .cluster_ips
-            .iter()
-            .flatten()
-            .chain(spec.cluster_ip.iter())
-            .filter_map(|ip| ip.parse().ok())
-            .collect();
-        cluster_ips.sort();
-        cluster_ips.dedup();
-        let headless = spec.cluster_ip.as_deref() == Some("None");
-
-        let ports: Vec<ServicePort> = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                let port = u16::try_from(p.port).ok().filter(|p| *p > 0)?;
-                let target = match &p.target_port {
-                    Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
-                        TargetPort::Number(u16::try_from(*n).ok().filter(|p| *p > 0)?)
-                    }
-                    Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => {
-                        match s.parse::<u16>() {
-                            Ok(n) if n > 0 => TargetPort::Number(n),
-                            _ => TargetPort::Name(s.clone()),
-                        }
-                    }
-                    None => TargetPort::Number(port),
-                };
-                Some(ServicePort {
-                    port,
-                    name: p.name.clone().filter(|n| !n.is_empty()),
-                    target,
-                })
-            })
-            .collect();
-
-        let mirror = labels
-            .get(labels::MIRROR_CLUSTER_NAME)
-            .map(|cluster| MirrorInfo {
-                cluster: cluster.clone(),
-                remote_fqn: annotations.get(labels::REMOTE_SVC_FQ_NAME).cloned(),
-            });
-        let gateway = gateway_info(&annotations);
-        let opaque_ports = annotations
-            .get(labels::OPAQUE_PORTS)
-            .map(|list| Arc::new(PortSet::parse(list).0));
-
+        let ports = service_ports(&spec);
         let port_names = ports
             .iter()
-            .filter_map(|p: &ServicePort| Some((p.port, p.name.clone()?)))
+            .filter_map(|p| Some((p.port, p.name.clone()?)))
             .collect();
         let info = ServiceInfo {
             service: key,
-            kind,
-            headless,
+            kind: service_kind(&spec, &labels, &annotations),
+            headless: spec.cluster_ip.as_deref() == Some("None"),
             internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-            cluster_ips,
-            opaque_ports,
+            cluster_ips: cluster_ips(&spec),
+            opaque_ports: annotations
+                .get(labels::OPAQUE_PORTS)
+                .map(|list| Arc::new(PortSet::parse(list).0)),
             port_names,
-            mirror,
+            mirror: mirror_info(&labels, &annotations),
             labels: Arc::default(),
         };
         let info = ServiceInfo {
@@ -145,7 +82,7 @@ impl ServiceState {
         Some(Self {
             info: Arc::new(info),
             ports,
-            gateway,
+            gateway: gateway_info(&annotations),
         })
     }
 
@@ -154,10 +91,83 @@ impl ServiceState {
     }
 }
 
+/// What kind of service this is: from its type, then the multicluster labels and
+/// annotations (a remote-discovery mirror, a federated service), else local.
+fn service_kind(spec: &ServiceSpec, labels: &StrMap, annotations: &StrMap) -> ServiceKind {
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return ServiceKind::ExternalName;
+    }
+    if let Some(cluster) = labels.get(labels::MC_REMOTE_DISCOVERY) {
+        return ServiceKind::RemoteDiscovery {
+            cluster: cluster.clone(),
+            service: labels.get(labels::MC_REMOTE_SERVICE).cloned(),
+        };
+    }
+    let local = annotations.get(labels::MC_LOCAL_DISCOVERY);
+    let remote = annotations.get(labels::MC_REMOTE_DISCOVERY);
+    if local.is_some() || remote.is_some() {
+        return ServiceKind::Federated {
+            members: federated_members(local.map(String::as_str), remote.map(String::as_str)),
+        };
+    }
+    ServiceKind::Local
+}
+
+/// Every cluster IP of the service (both families), sorted, without duplicates.
+fn cluster_ips(spec: &ServiceSpec) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// The service's valid ports with their target ports.
+fn service_ports(spec: &ServiceSpec) -> Vec<ServicePort> {
+    spec.ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            let port = u16::try_from(p.port).ok().filter(|p| *p > 0)?;
+            Some(ServicePort {
+                port,
+                name: p.name.clone().filter(|n| !n.is_empty()),
+                target: target_port(p.target_port.as_ref(), port)?,
+            })
+        })
+        .collect()
+}
+
+/// A `targetPort`: a number (also when written as a string), a container port name, or
+/// the port itself when absent; `None` when out of range.
+fn target_port(target: Option<&IntOrString>, port: u16) -> Option<TargetPort> {
+    Some(match target {
+        Some(IntOrString::Int(n)) => TargetPort::Number(u16::try_from(*n).ok().filter(|p| *p > 0)?),
+        Some(IntOrString::String(s)) => match s.parse::<u16>() {
+            Ok(n) if n > 0 => TargetPort::Number(n),
+            _ => TargetPort::Name(s.clone()),
+        },
+        None => TargetPort::Number(port),
+    })
+}
+
+/// The cluster a mirror Service was mirrored from, and the remote service's name.
+fn mirror_info(labels: &StrMap, annotations: &StrMap) -> Option<MirrorInfo> {
+    labels
+        .get(labels::MIRROR_CLUSTER_NAME)
+        .map(|cluster| MirrorInfo {
+            cluster: cluster.clone(),
+            remote_fqn: annotations.get(labels::REMOTE_SVC_FQ_NAME).cloned(),
+        })
+}
+
 /// Reads the gateway annotations of a mirror Service or of its EndpointSlices.
-pub(super) fn gateway_info(
-    annotations: &std::collections::BTreeMap<String, String>,
-) -> Option<GatewayInfo> {
+pub(super) fn gateway_info(annotations: &StrMap) -> Option<GatewayInfo> {
     Some(GatewayInfo {
         identity: annotations.get(labels::REMOTE_GATEWAY_IDENTITY)?.clone(),
         remote_fqn: annotations.get(labels::REMOTE_SVC_FQ_NAME)?.clone(),

@@ -1,10 +1,12 @@
 //! The Kubernetes source: watches a cluster's API server and feeds its index.
 //!
 //! One kube-runtime watcher per kind (Services, EndpointSlices, Pods, Nodes, and for
-//! the local cluster the credentials Secrets of the control-plane namespace). A watcher
-//! that fails marks the cluster stale and is started again after a backoff, which lists
-//! the kind anew: the cluster is healthy again once that list is in, and objects deleted
-//! meanwhile leave the index. The cluster is synced once every kind was listed once.
+//! the local cluster the credentials Secrets of the control-plane namespace), paced by
+//! kube-runtime's default backoff. A watch that breaks is resumed from the last
+//! resourceVersion; only a 410 Gone makes the watcher list the kind again, and that list
+//! replaces the kind's objects at once (objects deleted meanwhile leave the index). The
+//! cluster is stale while a watch fails or a relist is under way, and synced once every
+//! kind was listed once.
 
 mod objects;
 
@@ -14,15 +16,23 @@ mod tests;
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
+    task::{Context, Poll},
     time::Duration,
 };
 
-use futures::StreamExt;
+use futures::{StreamExt, future::BoxFuture};
 use kube::{
     Api, Client,
-    runtime::watcher::{self, watcher},
+    runtime::{
+        WatchStreamExt,
+        watcher::{self, Event, watcher},
+    },
 };
-use tokio::{sync::watch, task::JoinSet};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinSet,
+    time::Instant,
+};
 use tracing::{Instrument, info, info_span, warn};
 
 pub use objects::{Change, EventBuffer, Indexed};
@@ -32,10 +42,9 @@ use crate::{
     k8s::{EndpointSlice, Node, Pod, Secret, Service, labels},
 };
 
-/// First wait before a failed watcher is started again; doubles up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(500);
-/// Longest wait between attempts, so a cluster that comes back is read within seconds.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a watch opened again after a failure must go without an error before the
+/// kind counts as read again: a 410 Gone arrives as the first event of such a watch.
+const WATCH_SETTLE: Duration = Duration::from_secs(1);
 
 /// Feeds one cluster's index from its API server.
 pub struct KubeSource {
@@ -67,41 +76,49 @@ impl KubeSource {
         ));
         let all = watcher::Config::default();
         let mut tasks = JoinSet::new();
-        let ctx = || Watch {
-            cluster: self.cluster.clone(),
-            health: Arc::clone(&health),
-            shutdown: shutdown.clone(),
+        // Each kind gets its own client, so that the watches it opens are its own.
+        let ctx = || {
+            let (client, opened) = WatchOpened::wrap(&self.client);
+            let watch = Watch {
+                cluster: self.cluster.clone(),
+                health: Arc::clone(&health),
+                shutdown: shutdown.clone(),
+                opened,
+            };
+            (client, watch)
         };
+        let (client, watch) = ctx();
         tasks.spawn(
-            ctx()
-                .run(Api::<Service>::all(self.client.clone()), all.clone())
+            watch
+                .run(Api::<Service>::all(client), all.clone())
                 .instrument(info_span!("watch", kind = Service::KIND)),
         );
+        let (client, watch) = ctx();
         tasks.spawn(
-            ctx()
-                .run(Api::<EndpointSlice>::all(self.client.clone()), all.clone())
+            watch
+                .run(Api::<EndpointSlice>::all(client), all.clone())
                 .instrument(info_span!("watch", kind = EndpointSlice::KIND)),
         );
+        let (client, watch) = ctx();
         tasks.spawn(
-            ctx()
-                .run(Api::<Pod>::all(self.client.clone()), all.clone())
+            watch
+                .run(Api::<Pod>::all(client), all.clone())
                 .instrument(info_span!("watch", kind = Pod::KIND)),
         );
+        let (client, watch) = ctx();
         tasks.spawn(
-            ctx()
-                .run(Api::<Node>::all(self.client.clone()), all.clone())
+            watch
+                .run(Api::<Node>::all(client), all.clone())
                 .instrument(info_span!("watch", kind = Node::KIND)),
         );
         if let Some(ns) = &self.secrets_namespace {
             // Only credentials Secrets: other Secrets' data is never read nor held.
             let credentials = watcher::Config::default()
                 .fields(&format!("type={}", labels::REMOTE_KUBECONFIG_SECRET_TYPE));
+            let (client, watch) = ctx();
             tasks.spawn(
-                ctx()
-                    .run(
-                        Api::<Secret>::namespaced(self.client.clone(), ns),
-                        credentials,
-                    )
+                watch
+                    .run(Api::<Secret>::namespaced(client, ns), credentials)
                     .instrument(info_span!("watch", kind = Secret::KIND, namespace = %ns)),
             );
         }
@@ -109,46 +126,93 @@ impl KubeSource {
     }
 }
 
+/// What a kind's watcher yields.
+enum Item<K> {
+    Event(Event<K>),
+    /// 410 Gone: the watcher lists the kind again next.
+    Gone(String),
+}
+
 /// One kind's watcher.
 struct Watch {
     cluster: ClusterHandle,
     health: Arc<Health>,
     shutdown: watch::Receiver<bool>,
+    /// Told each time the kind's client opened a watch.
+    opened: Arc<Notify>,
 }
 
 impl Watch {
-    async fn run<K: Indexed>(mut self, api: Api<K>, config: watcher::Config) {
-        let mut backoff = Backoff::default();
+    async fn run<K: Indexed>(self, api: Api<K>, config: watcher::Config) {
+        let mut shutdown = self.shutdown.clone();
+        // A 410 Gone is passed on as an item rather than an error, so that the backoff
+        // does not delay the relist it calls for (the watcher lists at its next poll).
+        let events = watcher(api, config).map(|item| match item {
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                Ok(Item::Gone(status.message))
+            }
+            other => other.map(Item::Event),
+        });
+        let mut events = std::pin::pin!(events.default_backoff());
+        let mut buffer = EventBuffer::<K>::default();
+        // After a failure, when the watch was opened again: it is working once
+        // WATCH_SETTLE passes without an error (the watcher resumes it without an event).
+        let mut reopened: Option<Instant> = None;
         loop {
-            // A fresh watcher starts with a full list, applied as a reset.
-            let mut events = std::pin::pin!(watcher(api.clone(), config.clone()));
-            let mut buffer = EventBuffer::<K>::default();
-            let error = loop {
-                let event = tokio::select! {
-                    e = events.next() => e,
-                    _ = self.shutdown.wait_for(|s| *s) => return,
-                };
-                match event {
-                    Some(Ok(event)) => {
-                        let Some(change) = buffer.push(event) else {
-                            continue;
-                        };
-                        change.apply_to(&mut self.cluster.index.lock());
-                        if let Change::Reset(_) = change {
-                            backoff.reset();
-                            self.health.listed(K::KIND);
-                        }
-                    }
-                    Some(Err(e)) => break e.to_string(),
-                    None => break "the watch ended".to_string(),
+            let settled = async {
+                match reopened {
+                    Some(at) => tokio::time::sleep_until(at + WATCH_SETTLE).await,
+                    None => std::future::pending().await,
                 }
             };
-            let delay = backoff.next_delay();
-            self.health.failed(K::KIND, &error, delay);
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.wait_for(|s| *s) => return,
+                _ = self.opened.notified() => {
+                    if self.health.is_failing(K::KIND) && !buffer.relisting() {
+                        reopened = Some(Instant::now());
+                    }
+                }
+                _ = settled => {
+                    reopened = None;
+                    self.health.resumed(K::KIND);
+                }
+                event = events.next() => match event {
+                    Some(Ok(Item::Event(event))) => self.on_event(&mut buffer, event),
+                    Some(Ok(Item::Gone(message))) => {
+                        self.failed::<K>(&mut reopened, &format!("410 Gone: {message}"));
+                    }
+                    Some(Err(e)) => self.failed::<K>(&mut reopened, &e.to_string()),
+                    // A watcher only ends when its backoff gives up, which the default never does.
+                    None => return,
+                },
             }
+        }
+    }
+
+    /// The watch failed: not working until it was opened again (a notice of the watch
+    /// that just failed, e.g. with a 410 as its first event, does not count).
+    fn failed<K: Indexed>(&self, reopened: &mut Option<Instant>, error: &str) {
+        *reopened = None;
+        let _ = futures::FutureExt::now_or_never(self.opened.notified());
+        self.health.failed(K::KIND, error);
+    }
+
+    fn on_event<K: Indexed>(&self, buffer: &mut EventBuffer<K>, event: Event<K>) {
+        let (relist_starts, watching) = (
+            matches!(event, Event::Init),
+            matches!(event, Event::Apply(_) | Event::Delete(_)),
+        );
+        if relist_starts {
+            self.health.relisting(K::KIND);
+        }
+        let Some(change) = buffer.push(event) else {
+            return;
+        };
+        change.apply_to(&mut self.cluster.index.lock());
+        if let Change::Reset(_) = change {
+            self.health.listed(K::KIND);
+        } else if watching {
+            self.health.resumed(K::KIND);
         }
     }
 }
@@ -183,6 +247,16 @@ impl Health {
             info!("initial lists are in");
             self.status.set_synced();
         }
+        self.recovered(&mut state, kind);
+    }
+
+    /// The watch of `kind` works again (without a relist).
+    fn resumed(&self, kind: &'static str) {
+        let mut state = self.state.lock();
+        self.recovered(&mut state, kind);
+    }
+
+    fn recovered(&self, state: &mut HealthState, kind: &'static str) {
         let recovered = state.failing.remove(kind).is_some();
         if recovered {
             info!("reading the API server again");
@@ -199,41 +273,77 @@ impl Health {
         }
     }
 
-    /// The watcher of `kind` failed and starts again after `retry_in`.
-    fn failed(&self, kind: &'static str, error: &str, retry_in: Duration) {
-        warn!(%error, ?retry_in, "watch failed; serving the last known objects");
+    /// `kind` is listed again (after a 410 Gone): stale until the list is in.
+    fn relisting(&self, kind: &'static str) {
+        let mut state = self.state.lock();
+        if state.never_listed.contains(kind) {
+            return;
+        }
+        info!("listing again");
+        let reason = state
+            .failing
+            .entry(kind)
+            .or_insert_with(|| format!("{kind}: listing again"))
+            .clone();
+        self.status.set_stale(reason);
+    }
+
+    /// The watch of `kind` failed; the watcher tries again after its backoff.
+    fn failed(&self, kind: &'static str, error: &str) {
+        warn!(%error, "watch failed; serving the last known objects");
         let reason = format!("{kind}: {error}");
         self.state.lock().failing.insert(kind, reason.clone());
         self.status.set_stale(reason);
     }
-}
 
-/// Exponential backoff with jitter between watcher restarts.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { next: MIN_BACKOFF }
+    /// Whether the watch of `kind` failed and has not worked since.
+    fn is_failing(&self, kind: &'static str) -> bool {
+        self.state.lock().failing.contains_key(kind)
     }
 }
 
-impl Backoff {
-    /// The wait before the next attempt: a random point in the upper half of the
-    /// current step, so clients that failed together do not retry together.
-    fn next_delay(&mut self) -> Duration {
-        use std::hash::BuildHasher;
-        let step = self.next;
-        self.next = (self.next * 2).min(MAX_BACKOFF);
-        let random =
-            std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
-        let fraction = 0.5 + (random % 1000) as f64 / 2000.0;
-        step.mul_f64(fraction)
+/// A client that tells when it opened a watch: kube-runtime's watcher resumes a broken
+/// watch without an event, and a watch open again is what makes a failed kind fresh.
+struct WatchOpened {
+    client: Client,
+    opened: Arc<Notify>,
+}
+
+impl WatchOpened {
+    /// `client` with a notification for each watch it opens.
+    fn wrap(client: &Client) -> (Client, Arc<Notify>) {
+        let opened = Arc::new(Notify::new());
+        let observed = Self {
+            client: client.clone(),
+            opened: Arc::clone(&opened),
+        };
+        let wrapped = Client::new(observed, client.default_namespace())
+            .with_valid_until(*client.valid_until());
+        (wrapped, opened)
+    }
+}
+
+impl tower_service::Service<http::Request<kube::client::Body>> for WatchOpened {
+    type Response = http::Response<kube::client::Body>;
+    type Error = kube::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn reset(&mut self) {
-        self.next = MIN_BACKOFF;
+    fn call(&mut self, req: http::Request<kube::client::Body>) -> Self::Future {
+        let is_watch = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "watch=true"));
+        let (client, opened) = (self.client.clone(), Arc::clone(&self.opened));
+        Box::pin(async move {
+            let res = client.send(req).await?;
+            if is_watch && res.status().is_success() {
+                opened.notify_one();
+            }
+            Ok(res)
+        })
     }
 }

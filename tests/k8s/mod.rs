@@ -2,6 +2,8 @@
 //! one kube-apiserver per cluster on loopback, and this module drives them with kube clients.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -64,6 +66,8 @@ impl Env {
             .args(args)
             // Open watches keep a stopping API server up until this many seconds.
             .env("MESHLINK_K8S_STOP_TIMEOUT", "3")
+            // Audit logs of list/watch requests, to count LISTs.
+            .env("MESHLINK_K8S_AUDIT", "1")
             .output()
             .await
             .expect("run scripts/k8s-test-env.sh");
@@ -106,10 +110,52 @@ impl Env {
             .await;
     }
 
+    /// The address the API server of `cluster` listens on.
+    pub fn apiserver_addr(&self, cluster: &str) -> SocketAddr {
+        let env = std::fs::read_to_string(self.dir.path().join(cluster).join("env"))
+            .expect("the cluster's env file");
+        let port = env
+            .lines()
+            .find_map(|l| l.strip_prefix("APISERVER_PORT="))
+            .expect("APISERVER_PORT");
+        SocketAddr::from(([127, 0, 0, 1], port.parse().expect("a port")))
+    }
+
+    /// How many LIST requests of `resource` the API server of `cluster` answered for
+    /// `user`, from its audit log.
+    pub fn lists(&self, cluster: &str, user: &str, resource: &str) -> usize {
+        let log = std::fs::read_to_string(self.dir.path().join(cluster).join("audit.log"))
+            .unwrap_or_default();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| {
+                e["verb"] == "list"
+                    && e["stage"] == "ResponseComplete"
+                    && e["user"]["username"] == user
+                    && e["objectRef"]["resource"] == resource
+            })
+            .count()
+    }
+
     /// A kubeconfig for `cluster` that authenticates with `token` (written to a file).
     pub fn token_kubeconfig(&self, cluster: &str, token: &str, file: &str) -> PathBuf {
+        self.token_kubeconfig_via(cluster, token, file, None)
+    }
+
+    /// Like `token_kubeconfig`, reaching the API server at `via` (a proxy) when given.
+    pub fn token_kubeconfig_via(
+        &self,
+        cluster: &str,
+        token: &str,
+        file: &str,
+        via: Option<SocketAddr>,
+    ) -> PathBuf {
         let admin = Kubeconfig::read_from(self.kubeconfig(cluster)).expect("admin kubeconfig");
         let c = admin.clusters[0].cluster.as_ref().expect("cluster");
+        let server = match via {
+            Some(addr) => format!("https://{addr}"),
+            None => c.server.clone().expect("server"),
+        };
         let text = format!(
             "apiVersion: v1
 kind: Config
@@ -127,7 +173,7 @@ contexts:
   context: {{cluster: {cluster}, user: token}}
 current-context: {cluster}
 ",
-            server = c.server.as_deref().expect("server"),
+            server = server,
             ca = c.certificate_authority_data.as_deref().expect("CA data"),
         );
         let path = self.file(file);
@@ -194,15 +240,24 @@ pub async fn apply_kustomization(client: &Client, dir: &Path) {
 
 /// Applies each YAML document of `text`.
 pub async fn apply_yaml(client: &Client, text: &str) {
+    for obj in yaml_objects(text) {
+        apply_dynamic(client, obj).await;
+    }
+}
+
+/// The objects of a multi-document YAML text (parsed before any await: the parser is
+/// not `Send`).
+fn yaml_objects(text: &str) -> Vec<DynamicObject> {
     use serde::Deserialize;
+    let mut objects = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(doc).expect("YAML document");
         if value.is_null() {
             continue;
         }
-        let obj: DynamicObject = serde_yaml::from_value(value).expect("a Kubernetes object");
-        apply_dynamic(client, obj).await;
+        objects.push(serde_yaml::from_value(value).expect("a Kubernetes object"));
     }
+    objects
 }
 
 pub async fn apply_dynamic(client: &Client, obj: DynamicObject) {
@@ -249,16 +304,16 @@ pub async fn apply<K: DeserializeOwned>(client: &Client, value: serde_json::Valu
 
 /// A `Get` stream and the endpoint set its updates add up to.
 pub struct Tracked {
-    pub name: &'static str,
+    pub name: String,
     stream: Streaming<pb::Update>,
     pub endpoints: BTreeMap<SocketAddr, pb::WeightedAddr>,
     pub removes: usize,
 }
 
 impl Tracked {
-    pub fn new(name: &'static str, stream: Streaming<pb::Update>) -> Self {
+    pub fn new(name: impl Into<String>, stream: Streaming<pb::Update>) -> Self {
         Self {
-            name,
+            name: name.into(),
             stream,
             endpoints: BTreeMap::new(),
             removes: 0,
@@ -269,6 +324,14 @@ impl Tracked {
         match msg {
             Msg::Add(addrs) => {
                 for a in addrs {
+                    // Every pod of these tests is meshed: an address without its
+                    // identity would make a proxy connect without mTLS.
+                    assert!(
+                        crate::support::identity(&a).is_some(),
+                        "{}: {} sent without its identity",
+                        self.name,
+                        addr_of(&a)
+                    );
                     self.endpoints.insert(addr_of(&a), a);
                 }
             }
@@ -298,26 +361,24 @@ impl Tracked {
         self.endpoints.keys().map(ToString::to_string).collect()
     }
 
-    /// Whether every endpoint has a TLS identity (all test pods are meshed; an endpoint
-    /// can briefly lack one when its slice is read before its pod).
-    fn all_identified(&self) -> bool {
-        self.endpoints
-            .values()
-            .all(|a| crate::support::identity(a).is_some())
+    /// Reads updates until the set is exactly `want` (each endpoint with its identity:
+    /// `apply` checks every message).
+    pub async fn converge(&mut self, want: &[&str]) {
+        self.converge_within(want, CONVERGE).await;
     }
 
-    /// Reads updates until the set is exactly `want`, each endpoint with its identity.
-    pub async fn converge(&mut self, want: &[&str]) {
+    /// Like `converge`, waiting up to `within`.
+    pub async fn converge_within(&mut self, want: &[&str], within: Duration) {
         let mut want: Vec<String> = want.iter().map(ToString::to_string).collect();
         want.sort_by_key(|a| a.parse::<SocketAddr>().expect("address"));
-        let deadline = tokio::time::Instant::now() + CONVERGE;
-        while self.addrs() != want || !self.all_identified() {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.addrs() != want {
             match tokio::time::timeout_at(deadline, self.stream.message()).await {
                 Ok(Ok(Some(u))) => self.apply(decode(u)),
                 Ok(Ok(None)) => panic!("{}: stream ended", self.name),
                 Ok(Err(status)) => panic!("{}: stream failed: {status}", self.name),
                 Err(_) => panic!(
-                    "{}: not {want:?} within {CONVERGE:?}; have {:?}",
+                    "{}: not {want:?} within {within:?}; have {:?}",
                     self.name,
                     self.addrs()
                 ),

@@ -381,6 +381,19 @@ pub fn endpoint(snapshot: &PortSnapshot, a: &str) -> Arc<Endpoint> {
     }
 }
 
+/// Applies a meshed pod (service account `web`, at the endpoint's first address) for each
+/// endpoint of `slice` that names one, then the slice: endpoints of unknown pods are withheld.
+pub fn apply_with_pods(index: &mut ClusterIndex, slice: &EndpointSlice) {
+    let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+    for ep in slice.endpoints.iter().flatten() {
+        if let (Some(pod), Some(ip)) = (&ep.target_ref, ep.addresses.first()) {
+            let name = pod.name.as_deref().expect("a pod name");
+            index.apply_pod(&mk_pod(ns, name, ip, "web", true));
+        }
+    }
+    index.apply_endpoint_slice(slice);
+}
+
 /// A service `shop/web` on port 80 (`http`, to 8080) with one slice of `pods` (name, ip),
 /// every pod meshed with service account `web`.
 pub fn mk_web(pods: &[(&str, &str)]) -> ClusterIndex {

@@ -103,14 +103,17 @@ fn lookup_can_be_reopened_after_every_receiver_is_dropped() {
     drop(rx);
 
     // After a change released it: a fresh channel with the current state.
-    index.apply_endpoint_slice(&mk_slice(
-        "shop",
-        "web-abc",
-        "web",
-        "http",
-        8080,
-        vec![mk_ep("10.0.0.3", "web-3")],
-    ));
+    apply_with_pods(
+        &mut index,
+        &mk_slice(
+            "shop",
+            "web-abc",
+            "web",
+            "http",
+            8080,
+            vec![mk_ep("10.0.0.3", "web-3")],
+        ),
+    );
     assert_eq!(index.counts().lookups, 0);
     let rx = index.endpoints_rx(&svc_ref("shop", "web"), 80);
     assert_eq!(addrs(&rx.borrow()), [addr("10.0.0.3:8080")]);

@@ -90,6 +90,7 @@ fn zone_comes_from_the_slice_first() {
         on_node(mk_ep("10.0.0.1", "web-1"), "node-1"),
         "zone-a",
     )]);
+    index.apply_pod(&mk_pod("shop", "web-1", "10.0.0.1", "web", true));
     index.apply_node(&mk_node("node-1", Some("zone-b")));
     let snap = snapshot(&mut index, "shop", "web", 80);
     let e = endpoint(&snap, "10.0.0.1:8080");
@@ -100,6 +101,7 @@ fn zone_comes_from_the_slice_first() {
 #[test]
 fn zone_comes_from_the_node_label_otherwise() {
     let mut index = web_with(vec![on_node(mk_ep("10.0.0.1", "web-1"), "node-1")]);
+    index.apply_pod(&mk_pod("shop", "web-1", "10.0.0.1", "web", true));
     let mut rx = index.endpoints_rx(&svc_ref("shop", "web"), 80);
     assert_eq!(
         endpoint(&rx.borrow_and_update(), "10.0.0.1:8080").zone,

@@ -33,6 +33,7 @@ fn reset_endpoint_slices_removes_missing_ones() {
     let mut index = mk_web(&[("web-1", "10.0.0.1")]);
     let mut rx = index.endpoints_rx(&svc_ref("shop", "web"), 80);
     rx.borrow_and_update();
+    index.apply_pod(&mk_pod("shop", "web-2", "10.0.0.2", "web", true));
 
     index.reset_endpoint_slices(&[mk_slice(
         "shop",
@@ -64,9 +65,9 @@ fn reset_pods_removes_missing_ones() {
     assert_eq!(*ip.borrow_and_update(), AddrTarget::Unknown);
     let snap = rx.borrow_and_update().clone();
     assert_eq!(
-        endpoint(&snap, "10.0.0.1:8080").identity,
-        None,
-        "web-1 is no longer known"
+        addrs(&snap),
+        [addr("10.0.0.2:8080")],
+        "web-1 is no longer known: its endpoint is withheld, not served bare"
     );
     assert!(endpoint(&snap, "10.0.0.2:8080").identity.is_some());
 }
@@ -83,6 +84,7 @@ fn reset_nodes_removes_missing_ones() {
         8080,
         vec![on_node(mk_ep("10.0.0.1", "web-1"), "node-1")],
     ));
+    index.apply_pod(&mk_pod("shop", "web-1", "10.0.0.1", "web", true));
     index.apply_node(&mk_node("node-1", Some("zone-a")));
     index.apply_node(&mk_node("node-2", Some("zone-b")));
     let mut rx = index.endpoints_rx(&svc_ref("shop", "web"), 80);
@@ -134,4 +136,86 @@ fn reset_with_the_same_objects_publishes_nothing() {
         vec![mk_ep("10.0.0.1", "web-1")],
     )]);
     assert!(!rx.has_changed().unwrap());
+}
+
+/// Every endpoint of `snap` carries an identity (every pod of `mk_web` is meshed).
+fn all_identified(snap: &crate::model::PortSnapshot) -> bool {
+    snap.endpoints.values().all(|e| e.identity.is_some())
+}
+
+#[test]
+fn slices_relisted_before_pods_never_serve_a_bare_endpoint() {
+    // While the watches were down web-1 went away and web-2, web-3 came: the slices'
+    // relist lands first, naming pods the index does not know yet.
+    let mut index = mk_web(&[("web-1", "10.0.0.1")]);
+    let mut rx = index.endpoints_rx(&svc_ref("shop", "web"), 80);
+    rx.borrow_and_update();
+
+    index.reset_endpoint_slices(&[mk_slice(
+        "shop",
+        "web-abc",
+        "web",
+        "http",
+        8080,
+        vec![mk_ep("10.0.0.2", "web-2"), mk_ep("10.0.0.3", "web-3")],
+    )]);
+    let snap = rx.borrow_and_update().clone();
+    assert!(
+        snap.endpoints.is_empty(),
+        "web-2 and web-3 are withheld until their pods are known, not served bare: {:?}",
+        addrs(&snap)
+    );
+
+    index.reset_pods(&[
+        mk_pod("shop", "web-2", "10.0.0.2", "web", true),
+        mk_pod("shop", "web-3", "10.0.0.3", "web", true),
+    ]);
+    let snap = rx.borrow_and_update().clone();
+    assert_eq!(addrs(&snap), [addr("10.0.0.2:8080"), addr("10.0.0.3:8080")]);
+    assert!(all_identified(&snap));
+}
+
+#[test]
+fn a_relist_reaches_readers_as_one_change() {
+    // A reset applies object by object; readers must not see the states in between
+    // (e.g. a slice's endpoints before the pods that make them whole).
+    let mut index = mk_web(&[("web-1", "10.0.0.1"), ("web-2", "10.0.0.2")]);
+    let mut rx = index.endpoints_rx(&svc_ref("shop", "web"), 80);
+    let before = rx.borrow_and_update().version;
+
+    // web-1 went away, web-2 changed its service account, web-3 is new.
+    index.reset_pods(&[
+        mk_pod("shop", "web-3", "10.0.0.3", "web", true),
+        with_service_account(mk_pod("shop", "web-2", "10.0.0.2", "web", true), "web-v2"),
+    ]);
+    let snap = rx.borrow_and_update().clone();
+    assert_eq!(snap.version.seq, before.seq + 1, "one snapshot per relist");
+    assert_eq!(addrs(&snap), [addr("10.0.0.2:8080")]);
+    assert_eq!(
+        endpoint(&snap, "10.0.0.2:8080").identity.as_deref(),
+        Some(&*identity("web-v2", "shop"))
+    );
+
+    index.reset_endpoint_slices(&[
+        mk_slice(
+            "shop",
+            "web-abc",
+            "web",
+            "http",
+            8080,
+            vec![mk_ep("10.0.0.2", "web-2")],
+        ),
+        mk_slice(
+            "shop",
+            "web-def",
+            "web",
+            "http",
+            8080,
+            vec![mk_ep("10.0.0.3", "web-3")],
+        ),
+    ]);
+    let snap = rx.borrow_and_update().clone();
+    assert_eq!(snap.version.seq, before.seq + 2, "one snapshot per relist");
+    assert_eq!(addrs(&snap), [addr("10.0.0.2:8080"), addr("10.0.0.3:8080")]);
+    assert!(all_identified(&snap));
 }

@@ -10,18 +10,21 @@ use crate::{
 fn ready_endpoints_are_listed_at_the_slice_port() {
     let mut index = mk_index();
     index.apply_service(&mk_service("shop", "web", &[("http", 80, 8080)]));
-    index.apply_endpoint_slice(&mk_slice(
-        "shop",
-        "web-abc",
-        "web",
-        "http",
-        8080,
-        vec![
-            mk_ep("10.0.0.1", "web-1"),
-            mk_ep("10.0.0.2", "web-2"),
-            not_ready(mk_ep("10.0.0.3", "web-3")),
-        ],
-    ));
+    apply_with_pods(
+        &mut index,
+        &mk_slice(
+            "shop",
+            "web-abc",
+            "web",
+            "http",
+            8080,
+            vec![
+                mk_ep("10.0.0.1", "web-1"),
+                mk_ep("10.0.0.2", "web-2"),
+                not_ready(mk_ep("10.0.0.3", "web-3")),
+            ],
+        ),
+    );
 
     let snap = snapshot(&mut index, "shop", "web", 80);
     assert_eq!(
@@ -41,7 +44,10 @@ fn endpoints_without_a_ready_condition_are_ready() {
     index.apply_service(&mk_service("shop", "web", &[("http", 80, 8080)]));
     let mut ep = mk_ep("10.0.0.1", "web-1");
     ep.conditions = None;
-    index.apply_endpoint_slice(&mk_slice("shop", "web-abc", "web", "http", 8080, vec![ep]));
+    apply_with_pods(
+        &mut index,
+        &mk_slice("shop", "web-abc", "web", "http", 8080, vec![ep]),
+    );
 
     let snap = snapshot(&mut index, "shop", "web", 80);
     assert_eq!(addrs(&snap), [addr("10.0.0.1:8080")]);
@@ -74,14 +80,17 @@ fn service_without_endpoints_exists_and_is_empty() {
 fn slices_of_another_service_are_not_listed() {
     let mut index = mk_web(&[("web-1", "10.0.0.1")]);
     index.apply_service(&mk_service("shop", "api", &[("http", 80, 8080)]));
-    index.apply_endpoint_slice(&mk_slice(
-        "shop",
-        "api-xyz",
-        "api",
-        "http",
-        8080,
-        vec![mk_ep("10.0.0.9", "api-1")],
-    ));
+    apply_with_pods(
+        &mut index,
+        &mk_slice(
+            "shop",
+            "api-xyz",
+            "api",
+            "http",
+            8080,
+            vec![mk_ep("10.0.0.9", "api-1")],
+        ),
+    );
     let web = snapshot(&mut index, "shop", "web", 80);
     assert_eq!(addrs(&web), [addr("10.0.0.1:8080")]);
     let api = snapshot(&mut index, "shop", "api", 80);

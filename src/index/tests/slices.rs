@@ -8,22 +8,28 @@ fn named_target_port_resolves_per_slice() {
     let svc = with_named_target(mk_service("shop", "web", &[("http", 80, 0)]), 0, "web");
     index.apply_service(&svc);
     // Two versions of the pods name the container port `web` differently.
-    index.apply_endpoint_slice(&mk_slice(
-        "shop",
-        "web-a",
-        "web",
-        "http",
-        8080,
-        vec![mk_ep("10.0.0.1", "web-1")],
-    ));
-    index.apply_endpoint_slice(&mk_slice(
-        "shop",
-        "web-b",
-        "web",
-        "http",
-        9090,
-        vec![mk_ep("10.0.0.2", "web-2")],
-    ));
+    apply_with_pods(
+        &mut index,
+        &mk_slice(
+            "shop",
+            "web-a",
+            "web",
+            "http",
+            8080,
+            vec![mk_ep("10.0.0.1", "web-1")],
+        ),
+    );
+    apply_with_pods(
+        &mut index,
+        &mk_slice(
+            "shop",
+            "web-b",
+            "web",
+            "http",
+            9090,
+            vec![mk_ep("10.0.0.2", "web-2")],
+        ),
+    );
 
     let snap = snapshot(&mut index, "shop", "web", 80);
     assert_eq!(addrs(&snap), [addr("10.0.0.1:8080"), addr("10.0.0.2:9090")]);
@@ -37,13 +43,16 @@ fn each_service_port_uses_its_own_slice_port() {
         "web",
         &[("http", 80, 8080), ("admin", 9990, 9991)],
     ));
-    index.apply_endpoint_slice(&mk_slice_ports(
-        "shop",
-        "web-abc",
-        "web",
-        &[("http", 8080), ("admin", 9991)],
-        vec![mk_ep("10.0.0.1", "web-1")],
-    ));
+    apply_with_pods(
+        &mut index,
+        &mk_slice_ports(
+            "shop",
+            "web-abc",
+            "web",
+            &[("http", 8080), ("admin", 9991)],
+            vec![mk_ep("10.0.0.1", "web-1")],
+        ),
+    );
     let http = snapshot(&mut index, "shop", "web", 80);
     assert_eq!(addrs(&http), [addr("10.0.0.1:8080")]);
     let admin = snapshot(&mut index, "shop", "web", 9990);
@@ -56,14 +65,17 @@ fn port_not_in_the_service_uses_the_requested_port() {
     // (as Linkerd does), not whatever port the service's only, unnamed, port targets.
     let mut index = mk_index();
     index.apply_service(&mk_service("shop", "web", &[("", 80, 8080)]));
-    index.apply_endpoint_slice(&mk_slice(
-        "shop",
-        "web-abc",
-        "web",
-        "",
-        8080,
-        vec![mk_ep("10.0.0.1", "web-1")],
-    ));
+    apply_with_pods(
+        &mut index,
+        &mk_slice(
+            "shop",
+            "web-abc",
+            "web",
+            "",
+            8080,
+            vec![mk_ep("10.0.0.1", "web-1")],
+        ),
+    );
     let on_80 = snapshot(&mut index, "shop", "web", 80);
     assert_eq!(addrs(&on_80), [addr("10.0.0.1:8080")]);
     let on_9999 = snapshot(&mut index, "shop", "web", 9999);
@@ -78,6 +90,7 @@ fn dual_stack_pod_is_served_on_ipv6_only() {
         mk_pod("shop", "web-1", "10.0.0.1", "web", true),
         "fd00::1",
     ));
+    index.apply_pod(&mk_pod("shop", "web-2", "10.0.0.2", "web", true));
     index.apply_endpoint_slice(&mk_slice(
         "shop",
         "web-v4",
@@ -112,11 +125,14 @@ fn scale_up_and_down() {
     assert_eq!(addrs(&rx.borrow_and_update()), [addr("10.0.0.1:8080")]);
 
     let slice = |eps| mk_slice("shop", "web-abc", "web", "http", 8080, eps);
-    index.apply_endpoint_slice(&slice(vec![
-        mk_ep("10.0.0.1", "web-1"),
-        mk_ep("10.0.0.2", "web-2"),
-        mk_ep("10.0.0.3", "web-3"),
-    ]));
+    apply_with_pods(
+        &mut index,
+        &slice(vec![
+            mk_ep("10.0.0.1", "web-1"),
+            mk_ep("10.0.0.2", "web-2"),
+            mk_ep("10.0.0.3", "web-3"),
+        ]),
+    );
     assert!(rx.has_changed().unwrap());
     assert_eq!(
         addrs(&rx.borrow_and_update()),
@@ -157,14 +173,17 @@ fn deleting_the_slice_empties_the_snapshot() {
 #[test]
 fn endpoints_of_several_slices_are_merged() {
     let mut index = mk_web(&[("web-1", "10.0.0.1")]);
-    index.apply_endpoint_slice(&mk_slice(
-        "shop",
-        "web-def",
-        "web",
-        "http",
-        8080,
-        vec![mk_ep("10.0.0.2", "web-2")],
-    ));
+    apply_with_pods(
+        &mut index,
+        &mk_slice(
+            "shop",
+            "web-def",
+            "web",
+            "http",
+            8080,
+            vec![mk_ep("10.0.0.2", "web-2")],
+        ),
+    );
     let mut rx = index.endpoints_rx(&svc_ref("shop", "web"), 80);
     assert_eq!(
         addrs(&rx.borrow_and_update()),

@@ -258,6 +258,11 @@ pub enum Change<K> {
 }
 
 impl<K: Indexed> EventBuffer<K> {
+    /// Whether a relist is under way (between `Init` and `InitDone`).
+    pub fn relisting(&self) -> bool {
+        self.relist.is_some()
+    }
+
     /// Takes one event; returns what the index must do, if anything yet.
     pub fn push(&mut self, event: Event<K>) -> Option<Change<K>> {
         match event {

@@ -1,11 +1,11 @@
 //! The event translation and trimming of the Kubernetes source, without an API server.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use kube::runtime::watcher::Event;
 use serde_json::json;
 
-use super::{Backoff, Change, EventBuffer, Health, Indexed, MAX_BACKOFF, MIN_BACKOFF};
+use super::{Change, EventBuffer, Health, Indexed};
 use crate::{
     index::{ClusterIndex, ClusterStatus, IndexConfig},
     k8s::{EndpointSlice, Node, Pod, Secret, Service},
@@ -289,14 +289,14 @@ fn synced_once_every_kind_was_listed_and_stale_while_one_fails() {
     let health = Health::new(Arc::clone(&status), ["Service", "Pod"]);
     health.listed("Service");
     assert!(!status.is_synced());
-    health.failed("Pod", "connection refused", Duration::from_secs(1));
+    health.failed("Pod", "connection refused");
     assert!(status.is_stale());
     health.listed("Pod");
     assert!(status.is_synced());
     assert!(!status.is_stale());
 
-    health.failed("Service", "gone", Duration::from_secs(1));
-    health.failed("Pod", "refused", Duration::from_secs(1));
+    health.failed("Service", "gone");
+    health.failed("Pod", "refused");
     health.listed("Service");
     assert!(status.is_stale(), "Pods still fail");
     assert_eq!(status.last_error().as_deref(), Some("Pod: refused"));
@@ -317,14 +317,59 @@ fn a_new_source_clears_what_made_the_cluster_stale_once_it_listed_everything() {
 }
 
 #[test]
-fn backoff_grows_to_its_cap_and_resets() {
-    let mut b = Backoff::default();
-    let first = b.next_delay();
-    assert!(first >= MIN_BACKOFF / 2 && first <= MIN_BACKOFF);
-    for _ in 0..20 {
-        assert!(b.next_delay() <= MAX_BACKOFF);
-    }
-    assert!(b.next_delay() >= MAX_BACKOFF / 2);
-    b.reset();
-    assert!(b.next_delay() <= MIN_BACKOFF);
+fn a_relist_is_stale_until_its_list_is_in() {
+    let status = Arc::new(ClusterStatus::default());
+    let health = Health::new(Arc::clone(&status), ["Service", "Pod"]);
+    health.relisting("Service");
+    assert!(!status.is_stale(), "the first list is not a relist");
+    health.listed("Service");
+    health.listed("Pod");
+    assert!(status.is_synced() && !status.is_stale());
+
+    // A 410 Gone: the error, then the relist.
+    health.failed("Pod", "too old resource version");
+    health.relisting("Pod");
+    assert!(status.is_stale());
+    assert_eq!(
+        status.last_error().as_deref(),
+        Some("Pod: too old resource version"),
+        "the error that caused the relist stays the reason"
+    );
+    health.listed("Pod");
+    assert!(!status.is_stale());
+
+    // A relist without an error before it still counts as stale.
+    health.relisting("Service");
+    assert!(status.is_stale());
+    assert_eq!(
+        status.last_error().as_deref(),
+        Some("Service: listing again")
+    );
+    health.listed("Service");
+    assert!(!status.is_stale());
+}
+
+#[test]
+fn a_resumed_watch_makes_its_kind_fresh_without_a_relist() {
+    let status = Arc::new(ClusterStatus::default());
+    let health = Health::new(Arc::clone(&status), ["Service", "Pod"]);
+    health.listed("Service");
+    health.listed("Pod");
+    health.failed("Service", "connection refused");
+    health.failed("Pod", "connection refused");
+    assert!(health.is_failing("Pod"));
+    health.resumed("Pod");
+    assert!(!health.is_failing("Pod"));
+    assert!(status.is_stale(), "Services still fail");
+    assert_eq!(
+        status.last_error().as_deref(),
+        Some("Service: connection refused")
+    );
+    health.resumed("Service");
+    assert!(!status.is_stale());
+    health.resumed("Service");
+    assert!(
+        !status.is_stale(),
+        "resuming a working watch changes nothing"
+    );
 }
