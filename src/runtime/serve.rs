@@ -14,6 +14,7 @@ use super::{
     admin,
     cli::ServeArgs,
     linked::{LinkedKubeClusters, LinkedManifestClusters},
+    listener::{self, GRPC_MAX_CONNECTIONS, Listener},
 };
 use crate::{
     grpc::{DestinationService, StreamSettings},
@@ -60,6 +61,7 @@ enum Source {
 /// Starts meshlink as `args` say and returns once it is serving (with Kubernetes: once
 /// the local cluster's initial lists are in).
 pub async fn serve(args: ServeArgs) -> Result<Server> {
+    listener::raise_fd_limit();
     let default_opaque_ports = Arc::new(
         PortSet::parse_strict(&args.default_opaque_ports)
             .context("invalid --default-opaque-ports")?,
@@ -103,6 +105,10 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
     let admin = tokio::spawn(
         admin::serve_admin(
             admin_listener,
+            admin::AdminLimits {
+                header_timeout: args.admin_header_timeout,
+                max_connections: args.admin_max_connections,
+            },
             Arc::clone(&metrics),
             Arc::clone(&clusters),
             shutdown_rx.clone(),
@@ -257,6 +263,10 @@ pub async fn spawn_grpc(
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<Result<(), tonic::transport::Error>>> {
+    // Taken before `metrics` moves into the service; limits connections, backs off on EMFILE.
+    let incoming = Listener::new(listener, "grpc", GRPC_MAX_CONNECTIONS, &metrics)
+        .with_nodelay()
+        .into_incoming();
     let destination =
         DestinationService::new(Resolver::new(clusters), settings, metrics, shutdown.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -282,12 +292,9 @@ pub async fn spawn_grpc(
             .add_service(destination)
             // Without TCP_NODELAY a delta's second write waits for the client's delayed ACK
             // (40 ms on Linux): that was the whole p99 of small fan-outs.
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = grpc_shutdown.wait_for(|s| *s).await;
-                },
-            )
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = grpc_shutdown.wait_for(|s| *s).await;
+            })
             .instrument(info_span!("grpc")),
     ))
 }
