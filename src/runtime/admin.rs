@@ -67,11 +67,14 @@ pub async fn serve_admin(
         .with_state(AdminState { metrics, clusters });
     loop {
         let connection = tokio::select! {
-            c = listener.accept_then_make_room(|| waiting.evict_oldest()) => c,
+            c = listener.accept_then_make_room(waiting.evict_oldest()) => c,
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
         };
+        // Evictable from now on, even before its task first runs.
+        let entry = waiting.add();
         tokio::spawn(serve_connection(
             connection,
+            entry,
             app.clone(),
             limits.header_timeout,
             Arc::clone(&waiting),
@@ -83,6 +86,7 @@ pub async fn serve_admin(
 /// Serves HTTP/1 on one connection until it ends, times out, is evicted or shutdown.
 async fn serve_connection(
     connection: Connection,
+    entry: Arc<Entry>,
     app: Router,
     header_timeout: Duration,
     waiting: Arc<Waiting>,
@@ -91,7 +95,6 @@ async fn serve_connection(
     let shutdown = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    let entry = waiting.add();
     let service = {
         let waiting = Arc::clone(&waiting);
         let entry = Arc::clone(&entry);
@@ -133,6 +136,8 @@ async fn serve_connection(
 /// connection needs a slot.
 struct Waiting {
     inner: Mutex<WaitingInner>,
+    /// Told when a connection starts waiting for a request.
+    added: Notify,
     evicted: Counter,
 }
 
@@ -154,6 +159,7 @@ impl Waiting {
     fn new(evicted: Counter) -> Self {
         Self {
             inner: Mutex::default(),
+            added: Notify::new(),
             evicted,
         }
     }
@@ -175,6 +181,8 @@ impl Waiting {
         inner.next += 1;
         inner.by_age.insert(key, Arc::clone(entry));
         *entry.key.lock() = Some(key);
+        drop(inner);
+        self.added.notify_waiters();
     }
 
     /// Takes `entry` out of the waiting connections.
@@ -185,18 +193,34 @@ impl Waiting {
         }
     }
 
-    /// Closes the connection that has waited longest without a request, if any.
-    fn evict_oldest(&self) {
+    /// Closes the connection that has waited longest without a request, waiting for one
+    /// while every connection has a request in progress.
+    async fn evict_oldest(&self) {
+        loop {
+            let added = self.added.notified();
+            tokio::pin!(added);
+            // Registered before looking, so a connection added in between is not missed.
+            added.as_mut().enable();
+            if self.try_evict_oldest() {
+                return;
+            }
+            added.await;
+        }
+    }
+
+    fn try_evict_oldest(&self) -> bool {
         let oldest = {
             let mut inner = self.inner.lock();
             inner.by_age.pop_first().map(|(_, entry)| entry)
         };
-        if let Some(entry) = oldest {
-            *entry.key.lock() = None;
-            // notify_one keeps the wake-up if the task is not waiting yet.
-            entry.evict.notify_one();
-            self.evicted.inc();
-        }
+        let Some(entry) = oldest else {
+            return false;
+        };
+        *entry.key.lock() = None;
+        // notify_one keeps the wake-up if the task is not waiting yet.
+        entry.evict.notify_one();
+        self.evicted.inc();
+        true
     }
 }
 

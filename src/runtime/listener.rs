@@ -76,16 +76,17 @@ impl Listener {
         self.connection(stream, permit)
     }
 
-    /// Takes a connection at once; while all slots are taken, calls `make_room` (which
-    /// should close an idle connection) and waits for a slot before serving it.
-    pub async fn accept_then_make_room(&self, make_room: impl FnOnce()) -> Connection {
+    /// Takes a connection at once; while all slots are taken, runs `make_room` (which
+    /// should close an idle connection, waiting until there is one) unless a slot frees
+    /// first, then waits for the slot.
+    pub async fn accept_then_make_room(&self, make_room: impl Future<Output = ()>) -> Connection {
         let stream = self.accept_stream().await;
         let permit = match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(permit) => permit,
-            Err(_) => {
-                make_room();
-                self.slot().await
-            }
+            Err(_) => tokio::select! {
+                permit = self.slot() => permit,
+                () = make_room => self.slot().await,
+            },
         };
         self.connection(stream, permit)
     }
