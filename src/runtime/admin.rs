@@ -80,6 +80,9 @@ pub async fn serve_admin(
             Arc::clone(&waiting),
             shutdown.clone(),
         ));
+        // Lets the connections already accepted read their requests before more are taken
+        // (and the oldest of them evicted) during a flood of new connections.
+        tokio::task::yield_now().await;
     }
 }
 
