@@ -251,3 +251,48 @@ pub fn raise_fd_limit() {
         Err(e) => warn!(error = %e, "cannot read the limit on open files"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ListenerLabels;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait_until_one_closes() {
+        let metrics = Metrics::new();
+        let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let listener = Listener::new(socket, "test", 2, &metrics);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                if tx.send(listener.accept().await).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let first = tokio::time::timeout(WAIT, rx.recv()).await.expect("first");
+        let _second = tokio::time::timeout(WAIT, rx.recv()).await.expect("second");
+        let open = metrics
+            .connections_open
+            .get_or_create(&ListenerLabels { listener: "test" })
+            .get();
+        assert_eq!(open, 2);
+        // The third stays in the accept queue while both slots are taken.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err()
+        );
+        drop(first);
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("the third is accepted once a slot frees");
+    }
+}
