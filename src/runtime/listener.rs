@@ -5,13 +5,14 @@
 use std::{
     convert::Infallible,
     io,
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -91,12 +92,19 @@ impl Listener {
         self.connection(stream, permit)
     }
 
-    /// The connections as a stream, for `tonic`'s `serve_with_incoming`.
-    pub fn into_incoming(self) -> impl Stream<Item = Result<Connection, Infallible>> + Send {
+    /// The connections with their peers' addresses, as a stream.
+    pub fn into_connections(self) -> impl Stream<Item = (Connection, SocketAddr)> + Send {
         futures::stream::unfold(self, |listener| async move {
             let connection = listener.accept().await;
-            Some((Ok(connection), listener))
+            let peer = connection.peer;
+            Some(((connection, peer), listener))
         })
+    }
+
+    /// The connections as a stream, for `tonic`'s `serve_with_incoming`.
+    pub fn into_incoming(self) -> impl Stream<Item = Result<Connection, Infallible>> + Send {
+        self.into_connections()
+            .map(|(connection, _)| Ok(connection))
     }
 
     async fn slot(&self) -> OwnedSemaphorePermit {
@@ -107,19 +115,19 @@ impl Listener {
         }
     }
 
-    async fn accept_stream(&self) -> TcpStream {
+    async fn accept_stream(&self) -> (TcpStream, SocketAddr) {
         let mut backoff = BACKOFF_MIN;
         let mut failures = 0u64;
         loop {
             match self.listener.accept().await {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     if failures > 0 {
                         info!(
                             listener = self.name,
                             failures, "accepting connections again"
                         );
                     }
-                    return stream;
+                    return (stream, peer);
                 }
                 // The peer gave up before we took its connection: nothing is wrong here.
                 Err(e) if is_connection_error(&e) => {
@@ -140,7 +148,11 @@ impl Listener {
         }
     }
 
-    fn connection(&self, stream: TcpStream, permit: OwnedSemaphorePermit) -> Connection {
+    fn connection(
+        &self,
+        (stream, peer): (TcpStream, SocketAddr),
+        permit: OwnedSemaphorePermit,
+    ) -> Connection {
         if self.nodelay
             && let Err(e) = stream.set_nodelay(true)
         {
@@ -149,6 +161,7 @@ impl Listener {
         self.open.inc();
         Connection {
             stream,
+            peer,
             _slot: Slot {
                 _permit: permit,
                 open: self.open.clone(),
@@ -170,6 +183,7 @@ fn is_connection_error(e: &io::Error) -> bool {
 /// An accepted connection; it holds its listener's slot until dropped.
 pub struct Connection {
     stream: TcpStream,
+    peer: SocketAddr,
     _slot: Slot,
 }
 
