@@ -5,12 +5,14 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = tonic_prost_build::Config::new();
+    // Handing prost the path, rather than setting PROTOC in our own environment, needs
+    // no `unsafe` (setting the environment is unsafe since Rust 2024).
     if env::var_os("PROTOC").is_none() {
         let protoc = protoc_bin_vendored::protoc_bin_path().map_err(|e| {
             format!("no vendored protoc for this platform ({e}); set PROTOC to a protoc binary")
         })?;
-        // SAFETY-free: build scripts are single-threaded when this runs.
-        unsafe { env::set_var("PROTOC", protoc) };
+        config.protoc_executable(protoc);
     }
     let out = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()
@@ -18,7 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The server side is hand-framed (src/grpc/framing.rs); only messages and the client are generated.
         .build_server(false)
         .file_descriptor_set_path(out.join("destination_descriptor.bin"))
-        .compile_protos(
+        .compile_with_config(
+            config,
             &[
                 "proto/destination.proto",
                 "proto/net.proto",
@@ -28,5 +31,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &["proto"],
         )?;
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-env-changed=PROTOC");
     Ok(())
 }

@@ -13,10 +13,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             runtime::init_tracing(args.log_format, &args.log_level)?;
-            let server = runtime::serve(args).await?;
-            runtime::wait_for_signal().await;
-            server.shutdown().await;
-            Ok(())
+            // Exits non-zero when a critical task ends, so Kubernetes restarts the pod.
+            runtime::serve(args).await?.run().await
         }
         Command::Resolve(args) => meshlink::client::resolve::run(args).await,
         Command::Link(args) => runtime::link::run(args).await,

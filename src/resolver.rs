@@ -8,17 +8,19 @@
 use std::{
     collections::BTreeMap,
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     sync::{Arc, Weak},
 };
 
 use tokio::sync::watch;
 
+pub use crate::index::AddrTarget;
 use crate::{
     index::{ClusterHandle, ClusterIndex, ClusterSet},
     model::{
-        EndpointAddrs, EndpointSet, FederatedMember, PortSnapshot, ServiceAuthority, ServiceInfo,
-        ServiceKind, ServiceRef,
+        ClientLocality, ContextToken, EndpointAddrs, EndpointSet, FederatedMember, PortSnapshot,
+        ServiceAuthority, ServiceInfo, ServiceKind, ServiceRef,
     },
 };
 
@@ -48,6 +50,37 @@ impl Resolver {
     /// The clusters this resolver reads.
     pub fn clusters(&self) -> &Arc<ClusterSet> {
         &self.clusters
+    }
+
+    /// The local cluster's name, for labelling endpoints by where they came from.
+    pub fn local_cluster_name(&self) -> Arc<str> {
+        Arc::clone(&self.clusters.local().name)
+    }
+
+    /// Where a caller is, from its context token: its node and that node's zone.
+    pub fn client_locality(&self, token: &ContextToken) -> ClientLocality {
+        let zone = token
+            .node_name
+            .as_deref()
+            .and_then(|n| self.clusters.local().index.lock().node_zone(n));
+        ClientLocality {
+            node_name: token.node_name.clone(),
+            zone,
+        }
+    }
+
+    /// Follows the local Service that `authority` names, for `GetProfile`.
+    pub fn service_info_rx(
+        &self,
+        authority: &ServiceAuthority,
+    ) -> watch::Receiver<Option<Arc<ServiceInfo>>> {
+        let svc = ServiceRef::new(&authority.namespace, &authority.service);
+        self.clusters.local().index.lock().service_rx(&svc)
+    }
+
+    /// Follows what an IP address and port are in the local cluster, for `GetProfile`.
+    pub fn addr_target_rx(&self, addr: SocketAddr) -> watch::Receiver<AddrTarget> {
+        self.clusters.local().index.lock().addr_rx(addr)
     }
 
     /// Opens a live endpoint stream for `authority`.

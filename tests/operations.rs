@@ -331,3 +331,32 @@ fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// A critical task that dies (here the gRPC server, aborted as a crash would end it):
+/// `/ready` fails with the reason, then the server stops with an error, which `main`
+/// turns into a non-zero exit.
+#[tokio::test]
+async fn a_dead_critical_task_fails_readiness_then_the_server() {
+    let mut t = TestServer::start(&[("local/web.yaml", &web_files())]).await;
+    assert_eq!(t.admin_get("/ready").await.0, 200);
+    let server = t.server.take().expect("running");
+    assert!(server.abort_task("grpc"));
+    let run = tokio::spawn(server.run());
+    let mut seen = None;
+    for _ in 0..100 {
+        let (code, body) = t.admin_get("/ready").await;
+        if code == 503 {
+            seen = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = seen.expect("/ready fails once the gRPC task is gone");
+    assert!(body.contains("grpc"), "{body}");
+    let result = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the server stops")
+        .expect("join");
+    let err = result.expect_err("a dead critical task is an error");
+    assert!(err.to_string().contains("grpc"), "{err}");
+}

@@ -338,6 +338,13 @@ pub fn run_child(spec: WorldSpec) -> anyhow::Result<()> {
                 cluster_domain: "cluster.local".into(),
                 default_opaque_ports: Arc::new(PortSet::default()),
                 send_timeout: spec.send_timeout,
+                request_timeout: Duration::from_secs(10),
+                max_pending_requests: 20_000,
+            },
+            meshlink::grpc::server::ConnectionLimits {
+                max_streams_per_connection: 10_000,
+                preface_timeout: Duration::from_secs(10),
+                shutdown_grace: Duration::from_secs(5),
             },
             Arc::clone(&metrics),
             shutdown_rx,

@@ -8,31 +8,36 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use prometheus_client::metrics::counter::Counter;
+use tokio::{sync::watch, time::Instant};
 use tonic::Status;
 use tracing::{Instrument, debug, debug_span};
 
 use super::{
-    DESTINATION_SERVICE_NAME, convert,
+    DESTINATION_SERVICE_NAME,
+    connection::ConnectionStreams,
+    convert,
     framing::{self, MessageBody, MessageSender, SendError},
     profile,
     shared::{EncodedDelta, EncodedUpdates, SharedDeltas, UpdateKind},
 };
 use crate::{
-    index::AddrTarget,
     metrics::{Metrics, RpcLabels, UpdateLabels},
     model::{
         Authority, ClientLocality, ContextToken, EndpointAddrs, EndpointDiff, EndpointSet, PortSet,
-        ServiceAuthority, ServiceRef, SnapshotVersion, diff_endpoints,
+        ServiceAuthority, SnapshotVersion, diff_endpoints, quote_prefix,
     },
     proto::destination::{self as pb, update},
-    resolver::{EndpointStream, ResolveError, Resolver},
+    resolver::{AddrTarget, EndpointStream, ResolveError, Resolver},
 };
 
 /// How streams behave towards their clients.
@@ -44,6 +49,12 @@ pub struct StreamSettings {
     pub default_opaque_ports: Arc<PortSet>,
     /// A client that does not take a message within this time has its stream reset.
     pub send_timeout: Duration,
+    /// The request message must arrive within this time (or the client's `grpc-timeout`,
+    /// whichever ends first).
+    pub request_timeout: Duration,
+    /// Requests whose message is still being read, across all connections; more are
+    /// refused with RESOURCE_EXHAUSTED until some finish.
+    pub max_pending_requests: usize,
 }
 
 /// The destination API over the resolver.
@@ -54,6 +65,8 @@ pub struct DestinationService {
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     shared: Arc<SharedDeltas>,
+    /// Requests whose message is being read now.
+    pending: Arc<AtomicUsize>,
 }
 
 const GET_PATH: &str = "/io.linkerd.proxy.destination.Destination/Get";
@@ -76,23 +89,13 @@ impl DestinationService {
             metrics,
             shutdown,
             shared: Arc::default(),
+            pending: Arc::default(),
         }
     }
 
     fn parse(&self, req: &pb::GetDestination) -> Result<Authority, Status> {
         Authority::parse(&req.path, &self.settings.cluster_domain)
             .map_err(|e| Status::invalid_argument(e.to_string()))
-    }
-
-    fn client_locality(&self, token: &ContextToken) -> ClientLocality {
-        let zone = token
-            .node_name
-            .as_deref()
-            .and_then(|n| self.resolver.clusters().local().index.lock().node_zone(n));
-        ClientLocality {
-            node_name: token.node_name.clone(),
-            zone,
-        }
     }
 }
 
@@ -108,19 +111,33 @@ impl DestinationService {
         self,
         req: http::Request<tonic::body::Body>,
     ) -> http::Response<tonic::body::Body> {
-        let path = req.uri().path().to_string();
-        let result = match path.as_str() {
-            GET_PATH => match framing::decode_request(req.into_body()).await {
-                Ok(msg) => self.get(msg).await,
-                Err(status) => Err(status),
+        let now = Instant::now();
+        let call = Call {
+            deadline: framing::client_timeout(req.headers()).map(|t| now + t),
+            connection: req.extensions().get::<Arc<ConnectionStreams>>().cloned(),
+        };
+        let read_deadline = call
+            .deadline
+            .map_or(now + self.settings.request_timeout, |d| {
+                d.min(now + self.settings.request_timeout)
+            });
+        let rpc = match req.uri().path() {
+            GET_PATH => Rpc::Get,
+            GET_PROFILE_PATH => Rpc::GetProfile,
+            path => {
+                return Status::unimplemented(format!(
+                    "{} is not a method of {DESTINATION_SERVICE_NAME}",
+                    quote_prefix(path)
+                ))
+                .into_http();
+            }
+        };
+        let result = match self.read_request(req.into_body(), read_deadline).await {
+            Ok(msg) => match rpc {
+                Rpc::Get => self.get(msg, call).await,
+                Rpc::GetProfile => self.get_profile(msg, call),
             },
-            GET_PROFILE_PATH => match framing::decode_request(req.into_body()).await {
-                Ok(msg) => self.get_profile(msg),
-                Err(status) => Err(status),
-            },
-            _ => Err(Status::unimplemented(format!(
-                "{path} is not a method of {DESTINATION_SERVICE_NAME}"
-            ))),
+            Err(status) => Err(status),
         };
         match result {
             Ok(body) => body.into_response(),
@@ -128,7 +145,17 @@ impl DestinationService {
         }
     }
 
-    async fn get(&self, req: pb::GetDestination) -> Result<MessageBody, Status> {
+    /// Reads the request message, counting it among the requests being read.
+    async fn read_request(
+        &self,
+        body: tonic::body::Body,
+        deadline: Instant,
+    ) -> Result<pb::GetDestination, Status> {
+        let _pending = PendingRequest::enter(&self.pending, self.settings.max_pending_requests)?;
+        framing::decode_request(body, deadline).await
+    }
+
+    async fn get(&self, req: pb::GetDestination, call: Call) -> Result<MessageBody, Status> {
         let authority = match self.parse(&req)? {
             Authority::Service(s) => s,
             Authority::Ip(addr) => {
@@ -137,7 +164,9 @@ impl DestinationService {
                 )));
             }
         };
-        let client = self.client_locality(&ContextToken::parse(&req.context_token));
+        let client = self
+            .resolver
+            .client_locality(&ContextToken::parse(&req.context_token));
         let mut stream = self.resolver.resolve(&authority);
         // Resolve the first set before answering so that an unresolvable service fails the call.
         let first = match stream.next().await {
@@ -145,44 +174,43 @@ impl DestinationService {
             Some(Err(e)) => return Err(resolve_status(e)),
             None => return Err(Status::unavailable("the server is shutting down")),
         };
-        let (tx, body) = framing::channel(STREAM_BUFFER);
+        let (tx, body) = call.channel();
         let task = EndpointTask {
             stream,
             client,
             tx,
             settings: Arc::clone(&self.settings),
             metrics: Arc::clone(&self.metrics),
-            local_cluster: Arc::clone(&self.resolver.clusters().local().name),
+            local_cluster: self.resolver.local_cluster_name(),
             shared: Arc::clone(&self.shared),
+            deadline: call.deadline,
         };
         // Debug level: a span entered on every poll of every stream costs at scale.
-        let span = debug_span!("get", authority = %req.path);
+        let span = debug_span!("get", authority = %quote_prefix(&req.path));
         tokio::spawn(task.run(first, self.shutdown.clone()).instrument(span));
         Ok(body)
     }
 
-    fn get_profile(&self, req: pb::GetDestination) -> Result<MessageBody, Status> {
+    fn get_profile(&self, req: pb::GetDestination, call: Call) -> Result<MessageBody, Status> {
         let authority = self.parse(&req)?;
-        let (tx, body) = framing::channel(STREAM_BUFFER);
+        let (tx, body) = call.channel();
         let task = ProfileTask {
             tx,
             settings: Arc::clone(&self.settings),
             metrics: Arc::clone(&self.metrics),
+            deadline: call.deadline,
         };
-        let index = &self.resolver.clusters().local().index;
-        let span = debug_span!("get_profile", authority = %req.path);
+        let span = debug_span!("get_profile", authority = %quote_prefix(&req.path));
         match authority {
             Authority::Service(s) => {
-                let svc_rx = index
-                    .lock()
-                    .service_rx(&ServiceRef::new(&s.namespace, &s.service));
+                let svc_rx = self.resolver.service_info_rx(&s);
                 tokio::spawn(
                     task.run_service(s, svc_rx, self.shutdown.clone())
                         .instrument(span),
                 );
             }
             Authority::Ip(addr) => {
-                let addr_rx = index.lock().addr_rx(addr);
+                let addr_rx = self.resolver.addr_target_rx(addr);
                 tokio::spawn(
                     task.run_addr(addr, addr_rx, self.shutdown.clone())
                         .instrument(span),
@@ -191,6 +219,69 @@ impl DestinationService {
         }
         Ok(body)
     }
+}
+
+/// The two streaming methods.
+enum Rpc {
+    Get,
+    GetProfile,
+}
+
+/// What a call brings besides its message: the client's deadline and its connection.
+struct Call {
+    /// When the client's `grpc-timeout` expires, if it set one.
+    deadline: Option<Instant>,
+    /// The connection's response streams, to count this one among them.
+    connection: Option<Arc<ConnectionStreams>>,
+}
+
+impl Call {
+    /// The response stream's channel, counted on its connection.
+    fn channel(&self) -> (MessageSender, MessageBody) {
+        framing::channel(
+            STREAM_BUFFER,
+            self.connection.as_ref().map(ConnectionStreams::open),
+        )
+    }
+}
+
+/// A request whose message is being read, counted against the server-wide limit.
+struct PendingRequest(Arc<AtomicUsize>);
+
+impl PendingRequest {
+    fn enter(pending: &Arc<AtomicUsize>, limit: usize) -> Result<Self, Status> {
+        if pending.fetch_add(1, Ordering::AcqRel) >= limit {
+            pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(Status::resource_exhausted(format!(
+                "too many requests are being read at once (limit {limit}); retry shortly"
+            )));
+        }
+        Ok(Self(Arc::clone(pending)))
+    }
+}
+
+impl Drop for PendingRequest {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Resolves when the client's deadline passes; never when it set none.
+async fn client_deadline(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The status a stream ends with when its client's deadline passed.
+fn deadline_passed() -> Status {
+    Status::deadline_exceeded("the call's deadline (grpc-timeout) passed")
+}
+
+/// The status a stream ends with when its client stopped reading.
+fn stalled() -> Status {
+    Status::deadline_exceeded("client did not read updates")
 }
 
 impl tower_service::Service<http::Request<tonic::body::Body>> for DestinationService {
@@ -259,23 +350,57 @@ struct EndpointTask {
     metrics: Arc<Metrics>,
     local_cluster: Arc<str>,
     shared: Arc<SharedDeltas>,
+    deadline: Option<Instant>,
+}
+
+/// What a `Get` client holds: the basis of the next diff.
+#[derive(Default)]
+struct Held {
+    /// Whether the service existed and which addresses were sent; `None` before the
+    /// first message.
+    sent: Option<(bool, Arc<EndpointAddrs>)>,
+    /// The snapshot version the client holds, when it holds one lookup's set unfiltered.
+    version: Option<SnapshotVersion>,
+}
+
+/// The messages-sent counters of `Get`, looked up once per stream.
+struct UpdateCounters {
+    adds: Counter,
+    removes: Counter,
+    no_endpoints: Counter,
+}
+
+impl UpdateCounters {
+    fn new(metrics: &Metrics) -> Self {
+        let counter = |kind| {
+            metrics
+                .updates_sent
+                .get_or_create(&UpdateLabels { rpc: "Get", kind })
+                .clone()
+        };
+        Self {
+            adds: counter("add"),
+            removes: counter("remove"),
+            no_endpoints: counter("no_endpoints"),
+        }
+    }
+
+    fn count(&self, kinds: &[UpdateKind]) {
+        for kind in kinds {
+            match kind {
+                UpdateKind::Add => self.adds.inc(),
+                UpdateKind::Remove => self.removes.inc(),
+                UpdateKind::NoEndpoints => self.no_endpoints.inc(),
+            };
+        }
+    }
 }
 
 impl EndpointTask {
     async fn run(mut self, first: Arc<EndpointSet>, mut shutdown: watch::Receiver<bool>) {
         let _open = OpenStream::new(&self.metrics, "Get");
-        let counter = |kind| {
-            self.metrics
-                .updates_sent
-                .get_or_create(&UpdateLabels { rpc: "Get", kind })
-                .clone()
-        };
-        let (adds, removes, no_endpoints) =
-            (counter("add"), counter("remove"), counter("no_endpoints"));
-        // What the client holds: `None` before the first message.
-        let mut sent: Option<(bool, Arc<EndpointAddrs>)> = None;
-        // The snapshot version the client holds, when it holds one lookup's set unfiltered.
-        let mut sent_version: Option<SnapshotVersion> = None;
+        let counters = UpdateCounters::new(&self.metrics);
+        let mut held = Held::default();
         let mut next = Some(Ok(first));
         // Made once, not per update: registering and dropping waiters on every change
         // showed in profiles at 25,000 streams.
@@ -283,6 +408,8 @@ impl EndpointTask {
         tokio::pin!(client_gone);
         let shutting_down = shutdown.wait_for(|s| *s);
         tokio::pin!(shutting_down);
+        let deadline = client_deadline(self.deadline);
+        tokio::pin!(deadline);
         loop {
             let set = match next.take() {
                 Some(Ok(set)) => set,
@@ -293,43 +420,7 @@ impl EndpointTask {
                 None => return,
             };
             let view = self.client.filter(&set);
-            let unfiltered = Arc::ptr_eq(&view, &set.endpoints);
-            // The usual case: the client holds the previous version of the same lookup, so
-            // the delta the index computed once, encoded once, serves every such stream.
-            let shared_delta = set
-                .delta
-                .as_ref()
-                .filter(|_| unfiltered && sent_version.map(SnapshotVersion::next) == set.version);
-            let frames: EncodedDelta = match (&sent, shared_delta) {
-                (Some((true, _)), Some(delta)) if set.exists => {
-                    self.shared
-                        .get_or_encode(delta, &set.labels, self.client.zone.as_ref(), || {
-                            self.encode_diff(delta, &set)
-                        })
-                }
-                (Some((exists, before)), _) if *exists == set.exists => {
-                    let diff = diff_endpoints(before, &view);
-                    Arc::new(EncodedUpdates::join(self.encode_diff(&diff, &set)))
-                }
-                (Some((true, _)), _) if !set.exists => Arc::new(EncodedUpdates::join(vec![(
-                    UpdateKind::NoEndpoints,
-                    framing::encode(&convert::no_endpoints(false)),
-                )])),
-                _ => {
-                    let update = convert::full_update(
-                        set.exists,
-                        &view,
-                        &set.labels,
-                        &self.client,
-                        &self.local_cluster,
-                    );
-                    let kind = match update.update {
-                        Some(update::Update::Add(_)) => UpdateKind::Add,
-                        _ => UpdateKind::NoEndpoints,
-                    };
-                    Arc::new(EncodedUpdates::join(vec![(kind, framing::encode(&update))]))
-                }
-            };
+            let frames = self.frames_for(&held, &set, &view);
             if !frames.bytes.is_empty() {
                 match send(
                     &self.tx,
@@ -339,20 +430,11 @@ impl EndpointTask {
                 )
                 .await
                 {
-                    Ok(()) => {
-                        for kind in &frames.kinds {
-                            match kind {
-                                UpdateKind::Add => adds.inc(),
-                                UpdateKind::Remove => removes.inc(),
-                                UpdateKind::NoEndpoints => no_endpoints.inc(),
-                            };
-                        }
-                    }
+                    Ok(()) => counters.count(&frames.kinds),
                     Err(SendError::Closed) => return,
                     Err(SendError::TimedOut) => {
                         debug!("client stopped reading; ending the stream");
-                        self.tx
-                            .end(Status::deadline_exceeded("client did not read updates"));
+                        self.tx.end_stalled(stalled());
                         return;
                     }
                 };
@@ -360,14 +442,65 @@ impl EndpointTask {
             // Release the encoded messages before waiting: an idle stream would otherwise
             // hold its largest message (the first snapshot) for as long as it stays open.
             drop(frames);
-            sent_version = set.version.filter(|_| unfiltered && set.exists);
-            sent = Some((set.exists, if set.exists { view } else { Arc::default() }));
+            let unfiltered = Arc::ptr_eq(&view, &set.endpoints);
+            held.version = set.version.filter(|_| unfiltered && set.exists);
+            held.sent = Some((set.exists, if set.exists { view } else { Arc::default() }));
             drop(set);
             next = tokio::select! {
                 n = self.stream.next() => n,
                 _ = &mut client_gone => return,
                 _ = &mut shutting_down => return,
+                _ = &mut deadline => {
+                    self.tx.end(deadline_passed());
+                    return;
+                }
             };
+        }
+    }
+
+    /// The messages that take a client holding `held` to `set` (as `view` filters it).
+    fn frames_for(
+        &self,
+        held: &Held,
+        set: &EndpointSet,
+        view: &Arc<EndpointAddrs>,
+    ) -> EncodedDelta {
+        let unfiltered = Arc::ptr_eq(view, &set.endpoints);
+        // The usual case: the client holds the previous version of the same lookup, so
+        // the delta the index computed once, encoded once, serves every such stream.
+        let shared_delta = set
+            .delta
+            .as_ref()
+            .filter(|_| unfiltered && held.version.map(SnapshotVersion::next) == set.version);
+        match (&held.sent, shared_delta) {
+            (Some((true, _)), Some(delta)) if set.exists => {
+                self.shared
+                    .get_or_encode(delta, &set.labels, self.client.zone.as_ref(), || {
+                        self.encode_diff(delta, set)
+                    })
+            }
+            (Some((exists, before)), _) if *exists == set.exists => {
+                let diff = diff_endpoints(before, view);
+                Arc::new(EncodedUpdates::join(self.encode_diff(&diff, set)))
+            }
+            (Some((true, _)), _) if !set.exists => Arc::new(EncodedUpdates::join(vec![(
+                UpdateKind::NoEndpoints,
+                framing::encode(&convert::no_endpoints(false)),
+            )])),
+            _ => {
+                let update = convert::full_update(
+                    set.exists,
+                    view,
+                    &set.labels,
+                    &self.client,
+                    &self.local_cluster,
+                );
+                let kind = match update.update {
+                    Some(update::Update::Add(_)) => UpdateKind::Add,
+                    _ => UpdateKind::NoEndpoints,
+                };
+                Arc::new(EncodedUpdates::join(vec![(kind, framing::encode(&update))]))
+            }
         }
     }
 
@@ -390,6 +523,7 @@ struct ProfileTask {
     tx: MessageSender,
     settings: Arc<StreamSettings>,
     metrics: Arc<Metrics>,
+    deadline: Option<Instant>,
 }
 
 impl ProfileTask {
@@ -437,34 +571,47 @@ impl ProfileTask {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let _open = OpenStream::new(&self.metrics, "GetProfile");
+        let sent = self
+            .metrics
+            .updates_sent
+            .get_or_create(&UpdateLabels {
+                rpc: "GetProfile",
+                kind: "profile",
+            })
+            .clone();
+        let deadline = client_deadline(self.deadline);
+        tokio::pin!(deadline);
         let mut last: Option<pb::DestinationProfile> = None;
         loop {
             let profile = build(rx);
             if last.as_ref() != Some(&profile) {
-                if send(
+                match send(
                     &self.tx,
                     framing::encode(&profile),
                     self.settings.send_timeout,
                     &self.metrics,
                 )
                 .await
-                .is_err()
                 {
-                    return;
-                }
-                self.metrics
-                    .updates_sent
-                    .get_or_create(&UpdateLabels {
-                        rpc: "GetProfile",
-                        kind: "profile",
-                    })
-                    .inc();
+                    Ok(()) => sent.inc(),
+                    Err(SendError::Closed) => return,
+                    // Like `Get`: a client that stopped reading is told so.
+                    Err(SendError::TimedOut) => {
+                        debug!("client stopped reading; ending the stream");
+                        self.tx.end_stalled(stalled());
+                        return;
+                    }
+                };
                 last = Some(profile);
             }
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return },
                 _ = self.tx.closed() => return,
                 _ = shutdown.wait_for(|s| *s) => return,
+                _ = &mut deadline => {
+                    self.tx.end(deadline_passed());
+                    return;
+                }
             }
         }
     }

@@ -1,9 +1,11 @@
 //! The gRPC edge: the destination API, health and reflection on one server.
 
+pub mod connection;
 pub mod convert;
 mod destination;
 pub mod framing;
 mod profile;
+pub mod server;
 mod shared;
 
 pub use destination::{DestinationService, StreamSettings};

@@ -2,6 +2,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::quote::quote_prefix;
+
 /// What a `GetDestination.path` names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Authority {
@@ -20,7 +22,8 @@ pub struct ServiceAuthority {
     pub port: u16,
 }
 
-/// Why an authority was rejected; the message is shown to the caller as is.
+/// Why an authority was rejected; the message is shown to the caller as is, so it quotes
+/// at most a short prefix of what the client sent.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuthorityError {
     #[error("empty authority: expected <service>.<namespace>.svc.<cluster-domain>:<port>")]
@@ -53,7 +56,7 @@ impl Authority {
         }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let not_a_service = || AuthorityError::NotAServiceName {
-            authority: path.to_string(),
+            authority: quote_prefix(path),
             cluster_domain: cluster_domain.to_string(),
         };
         let suffix = format!(".svc.{}", cluster_domain.trim_end_matches('.'));
@@ -62,8 +65,8 @@ impl Authority {
         for label in &labels {
             if !is_dns_label(label) {
                 return Err(AuthorityError::InvalidLabel {
-                    authority: path.to_string(),
-                    label: label.to_string(),
+                    authority: quote_prefix(path),
+                    label: quote_prefix(label),
                 });
             }
         }
@@ -90,8 +93,8 @@ impl ServiceAuthority {
 
 fn split_host_port(path: &str) -> Result<(&str, u16), AuthorityError> {
     let invalid_port = |port: &str| AuthorityError::InvalidPort {
-        authority: path.to_string(),
-        port: port.to_string(),
+        authority: quote_prefix(path),
+        port: quote_prefix(port),
     };
     let parse_port = |port: &str| match port.parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),

@@ -8,6 +8,7 @@ pub mod context;
 pub mod endpoint;
 pub mod locality;
 pub mod ports;
+pub mod quote;
 pub mod service;
 pub mod snapshot;
 
@@ -16,6 +17,7 @@ pub use context::ContextToken;
 pub use endpoint::{Endpoint, EndpointAddrs, ProtocolHint};
 pub use locality::{ClientLocality, ZoneLocality};
 pub use ports::{PortSet, PortSetError};
+pub use quote::quote_prefix;
 pub use service::{FederatedMember, MirrorInfo, ServiceInfo, ServiceKind, ServiceRef};
 pub use snapshot::{
     EndpointDiff, EndpointSet, PortSnapshot, SnapshotVersion, all_hinted, diff_endpoints,

@@ -42,6 +42,8 @@ pub struct AdminLimits {
 struct AdminState {
     metrics: Arc<Metrics>,
     clusters: Arc<ClusterSet>,
+    /// Why the process is failing, once a critical task ended.
+    failed: watch::Receiver<Option<String>>,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` turns true.
@@ -50,6 +52,7 @@ pub async fn serve_admin(
     limits: AdminLimits,
     metrics: Arc<Metrics>,
     clusters: Arc<ClusterSet>,
+    failed: watch::Receiver<Option<String>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     metrics.collect_clusters(Arc::clone(&clusters));
@@ -64,7 +67,11 @@ pub async fn serve_admin(
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
-        .with_state(AdminState { metrics, clusters });
+        .with_state(AdminState {
+            metrics,
+            clusters,
+            failed,
+        });
     loop {
         let connection = tokio::select! {
             c = listener.accept_then_make_room(waiting.evict_oldest()) => c,
@@ -250,12 +257,18 @@ impl Drop for Busy {
 }
 
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
+    if let Some(reason) = state.failed.borrow().as_ref() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        );
+    }
     if state.clusters.local().status.is_synced() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_string())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the local cluster is still loading\n",
+            "not ready: the local cluster is still loading\n".to_string(),
         )
     }
 }

@@ -101,6 +101,20 @@ pub struct ServeArgs {
     #[arg(long, env = "MESHLINK_STREAM_SEND_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub stream_send_timeout: Duration,
 
+    /// A call's request message must arrive within this time (or the client's grpc-timeout,
+    /// if shorter); a request that has not is answered DEADLINE_EXCEEDED.
+    #[arg(long, env = "MESHLINK_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Concurrent streams one gRPC connection may open (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, env = "MESHLINK_MAX_STREAMS_PER_CONNECTION", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+
+    /// Requests whose message is still being read, across all connections; more are
+    /// refused with RESOURCE_EXHAUSTED until some finish.
+    #[arg(long, env = "MESHLINK_MAX_PENDING_REQUESTS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending_requests: u64,
+
     /// How often manifest folders are checked for changes.
     #[arg(long, env = "MESHLINK_MANIFEST_POLL_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub manifest_poll_interval: Duration,

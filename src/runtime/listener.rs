@@ -3,7 +3,6 @@
 //! file-descriptor limit.
 
 use std::{
-    convert::Infallible,
     io,
     net::SocketAddr,
     pin::Pin,
@@ -12,14 +11,13 @@ use std::{
     time::Duration,
 };
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
 };
-use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{debug, info, warn};
 
 use crate::metrics::{ListenerLabels, Metrics};
@@ -99,12 +97,6 @@ impl Listener {
             let peer = connection.peer;
             Some(((connection, peer), listener))
         })
-    }
-
-    /// The connections as a stream, for `tonic`'s `serve_with_incoming`.
-    pub fn into_incoming(self) -> impl Stream<Item = Result<Connection, Infallible>> + Send {
-        self.into_connections()
-            .map(|(connection, _)| Ok(connection))
     }
 
     async fn slot(&self) -> OwnedSemaphorePermit {
@@ -196,14 +188,6 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.open.dec();
-    }
-}
-
-impl Connected for Connection {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
     }
 }
 

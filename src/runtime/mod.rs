@@ -6,6 +6,7 @@ pub mod link;
 mod linked;
 mod listener;
 mod serve;
+pub mod supervise;
 
 pub use serve::{Server, serve, spawn_grpc};
 
@@ -17,7 +18,9 @@ pub fn init_tracing(format: cli::LogFormat, filter: &str) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid --log-level {filter:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only where a person reads them: not in files, pipes or log collectors.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = match format {
         cli::LogFormat::Plain => builder.try_init(),
         cli::LogFormat::Json => builder.json().try_init(),

@@ -8,16 +8,20 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, info_span, warn};
 
 use super::{
     admin,
     cli::ServeArgs,
     linked::{LinkedKubeClusters, LinkedManifestClusters},
     listener::{self, GRPC_MAX_CONNECTIONS, Listener},
+    supervise::Supervisor,
 };
 use crate::{
-    grpc::{DestinationService, StreamSettings},
+    grpc::{
+        DestinationService, StreamSettings,
+        server::{ConnectionLimits, serve_connections},
+    },
     index::{ClusterHandle, ClusterIndex, ClusterSet, IndexConfig},
     metrics::Metrics,
     model::PortSet,
@@ -26,29 +30,60 @@ use crate::{
     sources::{kube::KubeSource, manifests::ManifestSource},
 };
 
-/// A running server: its bound addresses and the handle to stop it.
+/// A running server: its bound addresses, its supervised tasks and the handle to stop it.
 pub struct Server {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub clusters: Arc<ClusterSet>,
     shutdown: watch::Sender<bool>,
-    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
-    admin: JoinHandle<std::io::Result<()>>,
+    tasks: Supervisor,
     grace: std::time::Duration,
 }
 
 impl Server {
-    /// Ends every stream and waits for the servers, at most the shutdown grace.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        let deadline = tokio::time::sleep(self.grace);
-        tokio::pin!(deadline);
+    /// Serves until SIGTERM (then ends every stream: `Ok`) or until a critical task ends
+    /// (readiness fails at once, streams end, and the error says which task: the process
+    /// should exit non-zero).
+    pub async fn run(mut self) -> Result<()> {
         tokio::select! {
-            _ = async { let _ = self.grpc.await; let _ = self.admin.await; } => info!("stopped"),
-            _ = &mut deadline => warn!(grace = ?self.grace, "streams did not end in time; exiting anyway"),
+            _ = super::wait_for_signal() => {
+                self.shutdown().await;
+                Ok(())
+            }
+            failure = self.tasks.failure() => {
+                // Readiness already fails; leave probes a moment to see it before the
+                // servers close.
+                tokio::time::sleep(FAILED_READINESS_WINDOW.min(self.grace)).await;
+                self.shutdown().await;
+                Err(failure)
+            }
+        }
+    }
+
+    /// Resolves with the reason once a critical task has ended before shutdown; readiness
+    /// fails from then on.
+    pub async fn failure(&mut self) -> anyhow::Error {
+        self.tasks.failure().await
+    }
+
+    /// Ends the critical task `name` (`grpc`, `admin`, `manifests`, `kube`, `linked`,
+    /// `gc`) as a crash would: for tests of the failure path.
+    pub fn abort_task(&self, name: &str) -> bool {
+        self.tasks.abort(name)
+    }
+
+    /// Ends every stream and waits for the tasks, at most the shutdown grace.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        match tokio::time::timeout(self.grace, self.tasks.join_all()).await {
+            Ok(()) => info!("stopped"),
+            Err(_) => warn!(grace = ?self.grace, "streams did not end in time; exiting anyway"),
         }
     }
 }
+
+/// How long `/ready` reports a failure before a failing process stops serving.
+const FAILED_READINESS_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where the clusters' objects come from.
 enum Source {
@@ -66,22 +101,10 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
         PortSet::parse_strict(&args.default_opaque_ports)
             .context("invalid --default-opaque-ports")?,
     );
-    let source = match args.manifests.clone() {
-        Some(manifests) => {
-            let local_dir = manifests.join(&args.cluster_name);
-            if !local_dir.is_dir() {
-                bail!(
-                    "{} is not a folder: --manifests must hold one sub-folder per cluster, and --cluster-name ({}) names the local one",
-                    local_dir.display(),
-                    args.cluster_name
-                );
-            }
-            Source::Manifests(manifests)
-        }
-        None => Source::Kube(local_client(args.kubeconfig.as_deref()).await?),
-    };
+    let source = source_for(&args).await?;
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Supervisor::new(shutdown_rx.clone());
     let config = IndexConfig {
         cluster_name: Arc::from(args.cluster_name.as_str()),
         cluster_domain: args.cluster_domain.clone(),
@@ -102,71 +125,32 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
     let admin_addr = admin_listener.local_addr()?;
 
     // The admin server answers /live and /ready (503) while the first load runs.
-    let admin = tokio::spawn(
-        admin::serve_admin(
-            admin_listener,
-            admin::AdminLimits {
-                header_timeout: args.admin_header_timeout,
-                max_connections: args.admin_max_connections,
-            },
-            Arc::clone(&metrics),
-            Arc::clone(&clusters),
-            shutdown_rx.clone(),
-        )
-        .instrument(info_span!("admin")),
+    let admin = admin::serve_admin(
+        admin_listener,
+        admin::AdminLimits {
+            header_timeout: args.admin_header_timeout,
+            max_connections: args.admin_max_connections,
+        },
+        Arc::clone(&metrics),
+        Arc::clone(&clusters),
+        tasks.failed_rx(),
+        shutdown_rx.clone(),
     );
+    tasks.spawn("admin", info_span!("admin"), async move {
+        admin.await.context("the admin server failed")
+    });
 
-    let links_rx = local.index.lock().linked_clusters_rx();
+    let sources = Sources {
+        config,
+        local: local.clone(),
+        clusters: Arc::clone(&clusters),
+        metrics: Arc::clone(&metrics),
+        shutdown: shutdown_rx.clone(),
+    };
     match source {
-        Source::Manifests(manifests) => {
-            let local_dir = manifests.join(&args.cluster_name);
-            let mut source =
-                ManifestSource::new(local_dir.clone(), local.clone(), Arc::clone(&metrics));
-            let report = source.sync();
-            let counts = local.index.lock().counts();
-            info!(
-                dir = %local_dir.display(),
-                services = counts.services,
-                pods = counts.pods,
-                endpoint_slices = counts.endpoint_slices,
-                errors = report.errors.len(),
-                "loaded the local cluster"
-            );
-            tokio::spawn(
-                source
-                    .run(args.manifest_poll_interval, shutdown_rx.clone())
-                    .instrument(info_span!("manifests", cluster = %args.cluster_name)),
-            );
-            tokio::spawn(
-                LinkedManifestClusters {
-                    root: manifests,
-                    clusters: Arc::clone(&clusters),
-                    base: config,
-                    metrics: Arc::clone(&metrics),
-                    poll_interval: args.manifest_poll_interval,
-                }
-                .run(links_rx, shutdown_rx.clone())
-                .instrument(info_span!("linked")),
-            );
-        }
+        Source::Manifests(root) => sources.start_manifests(&args, root, &mut tasks),
         Source::Kube(client) => {
-            tokio::spawn(
-                KubeSource::new(
-                    client,
-                    local.clone(),
-                    Some(args.control_plane_namespace.clone()),
-                )
-                .run(shutdown_rx.clone())
-                .instrument(info_span!("kube", cluster = %args.cluster_name)),
-            );
-            tokio::spawn(
-                LinkedKubeClusters {
-                    clusters: Arc::clone(&clusters),
-                    base: config,
-                }
-                .run(links_rx, shutdown_rx.clone())
-                .instrument(info_span!("linked")),
-            );
+            sources.start_kube(&args, client, &mut tasks);
             wait_for_sync(&local).await;
             let counts = local.index.lock().counts();
             info!(
@@ -178,7 +162,11 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
             );
         }
     }
-    tokio::spawn(gc_lookups(Arc::clone(&clusters), shutdown_rx.clone()));
+    let gc = gc_lookups(Arc::clone(&clusters), shutdown_rx.clone());
+    tasks.spawn("gc", info_span!("gc"), async move {
+        gc.await;
+        Ok(())
+    });
 
     let grpc = spawn_grpc(
         grpc_listener,
@@ -187,21 +175,131 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
             cluster_domain: args.cluster_domain.clone(),
             default_opaque_ports,
             send_timeout: args.stream_send_timeout,
+            request_timeout: args.request_timeout,
+            max_pending_requests: usize::try_from(args.max_pending_requests).unwrap_or(usize::MAX),
+        },
+        ConnectionLimits {
+            max_streams_per_connection: args.max_streams_per_connection,
+            preface_timeout: args.request_timeout,
+            shutdown_grace: args.shutdown_grace,
         },
         Arc::clone(&metrics),
         shutdown_rx.clone(),
     )
     .await?;
+    tasks.spawn("grpc", info_span!("grpc"), async move {
+        grpc.await.context("the gRPC server task failed")
+    });
     info!(%grpc_addr, %admin_addr, "serving");
     Ok(Server {
         grpc_addr,
         admin_addr,
         clusters,
         shutdown: shutdown_tx,
-        grpc,
-        admin,
+        tasks,
         grace: args.shutdown_grace,
     })
+}
+
+/// Where `args` say the clusters' objects come from, checked before anything starts.
+async fn source_for(args: &ServeArgs) -> Result<Source> {
+    match &args.manifests {
+        Some(manifests) => {
+            let local_dir = manifests.join(&args.cluster_name);
+            if !local_dir.is_dir() {
+                bail!(
+                    "{} is not a folder: --manifests must hold one sub-folder per cluster, and --cluster-name ({}) names the local one",
+                    local_dir.display(),
+                    args.cluster_name
+                );
+            }
+            Ok(Source::Manifests(manifests.clone()))
+        }
+        None => Ok(Source::Kube(
+            local_client(args.kubeconfig.as_deref()).await?,
+        )),
+    }
+}
+
+/// What the sources of the local and linked clusters share.
+struct Sources {
+    config: IndexConfig,
+    local: ClusterHandle,
+    clusters: Arc<ClusterSet>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Sources {
+    /// Loads the local cluster's folder, then follows it and the linked clusters' folders.
+    fn start_manifests(self, args: &ServeArgs, root: PathBuf, tasks: &mut Supervisor) {
+        let local_dir = root.join(&args.cluster_name);
+        let mut source = ManifestSource::new(
+            local_dir.clone(),
+            self.local.clone(),
+            Arc::clone(&self.metrics),
+        );
+        let report = source.sync();
+        let counts = self.local.index.lock().counts();
+        info!(
+            dir = %local_dir.display(),
+            services = counts.services,
+            pods = counts.pods,
+            endpoint_slices = counts.endpoint_slices,
+            errors = report.errors.len(),
+            "loaded the local cluster"
+        );
+        let links_rx = self.local.index.lock().linked_clusters_rx();
+        let local = source.run(args.manifest_poll_interval, self.shutdown.clone());
+        tasks.spawn(
+            "manifests",
+            info_span!("manifests", cluster = %args.cluster_name),
+            async move {
+                local.await;
+                Ok(())
+            },
+        );
+        let linked = LinkedManifestClusters {
+            root,
+            clusters: self.clusters,
+            base: self.config,
+            metrics: self.metrics,
+            poll_interval: args.manifest_poll_interval,
+        }
+        .run(links_rx, self.shutdown);
+        tasks.spawn("linked", info_span!("linked"), async move {
+            linked.await;
+            Ok(())
+        });
+    }
+
+    /// Watches the local cluster's API server and the linked clusters' ones.
+    fn start_kube(self, args: &ServeArgs, client: kube::Client, tasks: &mut Supervisor) {
+        let links_rx = self.local.index.lock().linked_clusters_rx();
+        let local = KubeSource::new(
+            client,
+            self.local.clone(),
+            Some(args.control_plane_namespace.clone()),
+        )
+        .run(self.shutdown.clone());
+        tasks.spawn(
+            "kube",
+            info_span!("kube", cluster = %args.cluster_name),
+            async move {
+                local.await;
+                Ok(())
+            },
+        );
+        let linked = LinkedKubeClusters {
+            clusters: self.clusters,
+            base: self.config,
+        }
+        .run(links_rx, self.shutdown);
+        tasks.spawn("linked", info_span!("linked"), async move {
+            linked.await;
+            Ok(())
+        });
+    }
 }
 
 /// A client of the local API server: `--kubeconfig`, else what kube infers
@@ -260,13 +358,14 @@ pub async fn spawn_grpc(
     listener: TcpListener,
     clusters: Arc<ClusterSet>,
     settings: StreamSettings,
+    limits: ConnectionLimits,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
-) -> Result<JoinHandle<Result<(), tonic::transport::Error>>> {
+) -> Result<JoinHandle<()>> {
     // Taken before `metrics` moves into the service; limits connections, backs off on EMFILE.
     let incoming = Listener::new(listener, "grpc", GRPC_MAX_CONNECTIONS, &metrics)
         .with_nodelay()
-        .into_incoming();
+        .into_connections();
     let destination =
         DestinationService::new(Resolver::new(clusters), settings, metrics, shutdown.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -281,20 +380,11 @@ pub async fn spawn_grpc(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("cannot build the reflection service")?;
-    let mut grpc_shutdown = shutdown;
-    Ok(tokio::spawn(
-        tonic::transport::Server::builder()
-            .max_concurrent_streams(Some(100_000))
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(destination)
-            // Without TCP_NODELAY a delta's second write waits for the client's delayed ACK
-            // (40 ms on Linux): that was the whole p99 of small fan-outs.
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = grpc_shutdown.wait_for(|s| *s).await;
-            })
-            .instrument(info_span!("grpc")),
-    ))
+    let routes = tonic::service::Routes::new(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(destination);
+    Ok(tokio::spawn(serve_connections(
+        incoming, routes, limits, shutdown,
+    )))
 }

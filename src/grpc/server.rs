@@ -1,0 +1,297 @@
+//! The gRPC server: HTTP/2 connections whose cost a client cannot grow without bound.
+//!
+//! tonic's own server is not used for the connections so that every limit is ours to set
+//! and document: the HTTP/2 preface must arrive within a deadline, each connection has a
+//! stream limit and small receive windows (requests are a few hundred bytes), a request
+//! that is not gRPC is refused with 415, and a connection whose every response stream
+//! stalled is closed (see [`super::connection`]).
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::{Stream, StreamExt};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    sync::watch,
+};
+use tracing::{Instrument, debug, debug_span, info, warn};
+
+use super::connection::ConnectionStreams;
+
+/// The HTTP/2 client connection preface every gRPC connection starts with.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection whose every stream stalled gets this long to take its GOAWAY.
+const STALLED_CONNECTION_GRACE: Duration = Duration::from_secs(1);
+
+/// Per-connection limits of the gRPC server.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    /// Concurrent streams per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams_per_connection: u32,
+    /// How long a new connection may take to send the HTTP/2 preface.
+    pub preface_timeout: Duration,
+    /// How long open connections get to finish after shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+/// Per-stream receive window: what a client may send on a stream before we read it.
+/// Requests are one small message, so a small window bounds unread request bytes.
+const STREAM_WINDOW: u32 = 16 * 1024;
+/// Per-connection receive window, shared by the connection's streams.
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Largest header block a client may send (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE).
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Streams a client may open and reset before the server has seen them (rapid reset).
+const MAX_PENDING_RESETS: usize = 20;
+
+/// Serves `routes` on every connection `incoming` yields until `shutdown` turns true,
+/// then lets open connections finish within the grace.
+pub async fn serve_connections<I, IO>(
+    incoming: I,
+    routes: tonic::service::Routes,
+    limits: ConnectionLimits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: Stream<Item = (IO, SocketAddr)>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = Arc::new(builder);
+    let routes = routes.prepare();
+    let mut connections = tokio::task::JoinSet::new();
+    let mut incoming = Box::pin(incoming);
+    loop {
+        let (stream, peer) = tokio::select! {
+            next = incoming.next() => match next {
+                Some(conn) => conn,
+                None => break,
+            },
+            _ = shutdown.wait_for(|s| *s) => break,
+            // Reap finished connections so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let connection = Connection {
+            builder: Arc::clone(&builder),
+            routes: routes.clone(),
+            limits: limits.clone(),
+            shutdown: shutdown.clone(),
+        };
+        connections.spawn(
+            connection
+                .serve(stream)
+                .instrument(debug_span!("conn", %peer)),
+        );
+    }
+    // Close the listening socket now: new clients are refused rather than left waiting.
+    drop(incoming);
+    info!(
+        connections = connections.len(),
+        "gRPC server stopped accepting; waiting for connections"
+    );
+    while connections.join_next().await.is_some() {}
+}
+
+/// One client connection.
+struct Connection {
+    builder: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
+    routes: tonic::service::Routes,
+    limits: ConnectionLimits,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn serve<IO>(mut self, mut stream: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut preface = [0u8; PREFACE.len()];
+        match tokio::time::timeout(self.limits.preface_timeout, stream.read_exact(&mut preface))
+            .await
+        {
+            Ok(Ok(_)) if &preface == PREFACE => {}
+            Ok(Ok(_)) => {
+                debug!("not an HTTP/2 connection; closing it (gRPC needs HTTP/2)");
+                return;
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "connection closed before the HTTP/2 preface");
+                return;
+            }
+            Err(_) => {
+                debug!(timeout = ?self.limits.preface_timeout, "no HTTP/2 preface in time; closing");
+                return;
+            }
+        }
+        let streams = Arc::new(ConnectionStreams::default());
+        let service = ConnectionService {
+            routes: self.routes.clone(),
+            streams: Arc::clone(&streams),
+        };
+        let io = TokioIo::new(Preface {
+            pending: PREFACE,
+            inner: stream,
+        });
+        let conn = self
+            .builder
+            .serve_connection(io, TowerToHyperService::new(service));
+        tokio::pin!(conn);
+        let grace = tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = self.shutdown.wait_for(|s| *s) => self.limits.shutdown_grace,
+            _ = streams.all_stalled() => {
+                warn!("every stream on the connection stopped reading; closing the connection");
+                STALLED_CONNECTION_GRACE
+            }
+        };
+        conn.as_mut().graceful_shutdown();
+        if tokio::time::timeout(grace, conn).await.is_err() {
+            debug!("connection did not finish within its grace; closed");
+        }
+    }
+}
+
+/// The services of one connection, behind the checks every request gets.
+#[derive(Clone)]
+struct ConnectionService {
+    routes: tonic::service::Routes,
+    streams: Arc<ConnectionStreams>,
+}
+
+impl tower_service::Service<http::Request<hyper::body::Incoming>> for ConnectionService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if !is_grpc(req.headers()) {
+            return Box::pin(async { Ok(unsupported_media_type()) });
+        }
+        req.extensions_mut().insert(Arc::clone(&self.streams));
+        let call = tower_service::Service::call(&mut self.routes, req);
+        Box::pin(call)
+    }
+}
+
+/// Whether the request says it is gRPC (`application/grpc` or `application/grpc+...`).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v == "application/grpc"
+                || v.starts_with("application/grpc+")
+                || v.starts_with("application/grpc;")
+        })
+}
+
+/// gRPC's answer to a request that is not gRPC: HTTP 415.
+fn unsupported_media_type() -> http::Response<tonic::body::Body> {
+    let mut response = http::Response::new(tonic::body::Body::empty());
+    *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    response
+}
+
+/// A connection whose preface was already read: hands it to HTTP/2 again first.
+struct Preface<IO> {
+    pending: &'static [u8],
+    inner: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Preface<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.pending.is_empty() {
+            let n = self.pending.len().min(buf.remaining());
+            buf.put_slice(&self.pending[..n]);
+            self.pending = &self.pending[n..];
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Preface<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_grpc_content_types_are_grpc() {
+        let with = |v: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+            is_grpc(&headers)
+        };
+        assert!(with("application/grpc"));
+        assert!(with("application/grpc+proto"));
+        assert!(!with("application/json"));
+        assert!(!with("application/grpcx"));
+        assert!(!is_grpc(&http::HeaderMap::new()));
+    }
+}

@@ -1,0 +1,411 @@
+//! Hostile clients against the real `meshlink` binary on loopback: what one client can pin
+//! of the server's memory, deadlines on every read, and streams that stop reading.
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use support::{
+    WAIT, http_get, next,
+    world::{PodOpts, docs, pod, service},
+};
+use tokio::{io::AsyncReadExt, net::TcpStream, process::Child};
+
+/// The real binary, serving a manifests folder, with its stderr collected.
+struct Binary {
+    child: Child,
+    dir: tempfile::TempDir,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl Binary {
+    async fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("local")).expect("mkdir");
+        std::fs::write(dir.path().join("local/web.yaml"), web(1)).expect("write");
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlink"))
+            .args(["serve", "--manifests"])
+            .arg(dir.path())
+            .args(["--grpc-addr", &grpc.to_string()])
+            .args(["--admin-addr", &admin.to_string()])
+            .args(["--manifest-poll-interval", "50ms"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn meshlink");
+        let mut pipe = child.stderr.take().expect("stderr");
+        let stderr = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text).await;
+            text
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if TcpStream::connect(admin).await.is_ok() && http_get(admin, "/ready").await.0 == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "meshlink did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            dir,
+            grpc,
+            admin,
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Resident memory of the server, in MiB.
+    fn rss_mib(&self) -> f64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib / 1024.0
+    }
+
+    async fn client(
+        &self,
+    ) -> linkerd2_proxy_api::destination::destination_client::DestinationClient<
+        tonic::transport::Channel,
+    > {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.grpc))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        linkerd2_proxy_api::destination::destination_client::DestinationClient::new(channel)
+    }
+
+    /// A well-behaved client's `Get` gets its first message within the usual wait.
+    async fn answers_others(&self) {
+        let mut client = self.client().await;
+        let started = Instant::now();
+        let mut stream =
+            tokio::time::timeout(WAIT, client.get(get("web.shop.svc.cluster.local:80")))
+                .await
+                .expect("Get answered while under attack")
+                .expect("Get")
+                .into_inner();
+        next(&mut stream).await;
+        assert!(started.elapsed() < WAIT);
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let (_, text) = http_get(self.admin, "/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Stops the server and returns what it logged.
+    async fn stop(mut self) -> String {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        self.stderr.await.unwrap_or_default()
+    }
+}
+
+fn web(replicas: usize) -> String {
+    let mut objects = vec![service("shop", "web", &[(80, "8080", "http")])];
+    for i in 0..replicas {
+        let name = format!("web-{i}");
+        let ip = format!("10.1.0.{}", i + 10);
+        objects.push(pod(&PodOpts {
+            name: &name,
+            ips: &[ip.as_str()],
+            ..PodOpts::default()
+        }));
+    }
+    docs(&objects)
+}
+
+fn get(path: &str) -> linkerd2_proxy_api::destination::GetDestination {
+    linkerd2_proxy_api::destination::GetDestination {
+        scheme: "k8s".into(),
+        path: path.into(),
+        context_token: String::new(),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A raw HTTP/2 connection, for requests no gRPC client would send.
+async fn raw_h2(
+    addr: SocketAddr,
+    stream_window: u32,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(stream_window)
+        .max_concurrent_reset_streams(100_000)
+        .handshake(tcp)
+        .await
+        .expect("HTTP/2 handshake");
+    (send, tokio::spawn(conn))
+}
+
+fn grpc_request(method: &str, content_type: &str) -> http::Request<()> {
+    http::Request::post(format!(
+        "http://meshlink/io.linkerd.proxy.destination.Destination/{method}"
+    ))
+    .header("content-type", content_type)
+    .header("te", "trailers")
+    .body(())
+    .expect("request")
+}
+
+/// A framed GetDestination for `path`.
+fn framed(path: &str) -> Bytes {
+    let msg = get(path);
+    let len = prost::Message::encoded_len(&msg);
+    let mut buf = Vec::with_capacity(5 + len);
+    buf.push(0);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    prost::Message::encode(&msg, &mut buf).expect("encode");
+    Bytes::from(buf)
+}
+
+/// The grpc-status of a response, from its headers (trailers-only) or its trailers.
+async fn grpc_status(response: h2::client::ResponseFuture) -> (http::StatusCode, Option<String>) {
+    let response = tokio::time::timeout(Duration::from_secs(20), response)
+        .await
+        .expect("a response in time")
+        .expect("a response");
+    let status = response.status();
+    if let Some(s) = response.headers().get("grpc-status") {
+        return (status, s.to_str().ok().map(String::from));
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.ok().flatten();
+    (
+        status,
+        trailers
+            .and_then(|t| t.get("grpc-status").cloned())
+            .and_then(|s| s.to_str().ok().map(String::from)),
+    )
+}
+
+/// 20,000 requests whose bodies never end, each holding all but one byte of the largest
+/// request the server accepts, on two connections (the per-connection stream limit is
+/// 10,000): the server's memory stays bounded, others are answered, and every unfinished
+/// request ends with DEADLINE_EXCEEDED at the request timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_request_flood_is_bounded_and_others_are_served() {
+    let server = Binary::start(&["--request-timeout", "8s"]).await;
+    let rss_idle = server.rss_mib();
+    // A prefix announcing a message of 4,091 bytes, then 4,090 of them: the most a
+    // request can hold without being refused as too large.
+    let mut partial = vec![0u8];
+    partial.extend_from_slice(&4091u32.to_be_bytes());
+    partial.extend(std::iter::repeat_n(b'a', 4090));
+    let partial = Bytes::from(partial);
+    let mut held = Vec::new();
+    let mut connections = Vec::new();
+    let mut responses = Vec::new();
+    let started = Instant::now();
+    for _ in 0..2 {
+        let (mut send, conn) = raw_h2(server.grpc, 65_535).await;
+        for _ in 0..10_000 {
+            send = send.ready().await.expect("stream slot");
+            let (response, mut body) = send
+                .send_request(grpc_request("Get", "application/grpc"), false)
+                .expect("send request");
+            body.reserve_capacity(partial.len());
+            body.send_data(partial.clone(), false).expect("send data");
+            responses.push(response);
+            held.push(body);
+        }
+        connections.push(conn);
+    }
+    let opened = started.elapsed();
+    // Let the server read all that was sent: the most it can hold.
+    let mut rss_attack = server.rss_mib();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss_attack = rss_attack.max(server.rss_mib());
+    }
+    server.answers_others().await;
+    eprintln!(
+        "20,000 unfinished requests opened in {opened:?}: RSS {rss_idle:.1} MiB idle, {rss_attack:.1} MiB under attack"
+    );
+    assert!(
+        rss_attack < 150.0,
+        "20,000 unfinished requests pinned {rss_attack:.1} MiB (idle {rss_idle:.1} MiB)"
+    );
+    // Every unfinished request ends at the deadline, with the status that says so.
+    let mut codes = std::collections::BTreeMap::new();
+    for response in responses.into_iter().step_by(997) {
+        let (_, code) = grpc_status(response).await;
+        *codes.entry(code).or_insert(0) += 1;
+    }
+    assert_eq!(
+        codes.keys().collect::<Vec<_>>(),
+        vec![&Some("4".to_string())],
+        "unfinished requests end with DEADLINE_EXCEEDED: {codes:?}"
+    );
+    drop(held);
+    drop(connections);
+    server.stop().await;
+}
+
+/// A request body that never ends is answered DEADLINE_EXCEEDED at --request-timeout, and
+/// at the client's grpc-timeout when that is sooner (not CANCELLED); a stream whose
+/// grpc-timeout passes ends with DEADLINE_EXCEEDED after its updates.
+#[tokio::test]
+async fn request_deadlines_end_with_deadline_exceeded() {
+    let server = Binary::start(&["--request-timeout", "1s"]).await;
+    let (mut send, _conn) = raw_h2(server.grpc, 65_535).await;
+
+    let started = Instant::now();
+    let (response, mut body) = send
+        .send_request(grpc_request("Get", "application/grpc"), false)
+        .expect("send");
+    body.send_data(Bytes::from_static(&[0, 0, 0]), false)
+        .expect("data");
+    assert_eq!(grpc_status(response).await.1.as_deref(), Some("4"));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "answered before the request timeout: {waited:?}"
+    );
+
+    let mut request = grpc_request("Get", "application/grpc");
+    request
+        .headers_mut()
+        .insert("grpc-timeout", http::HeaderValue::from_static("200m"));
+    let (response, _body) = send.send_request(request, false).expect("send");
+    assert_eq!(grpc_status(response).await.1.as_deref(), Some("4"));
+
+    // A whole request with a deadline: the stream is served, then ends when it passes.
+    let mut client = server.client().await;
+    let mut request = tonic::Request::new(get("web.shop.svc.cluster.local:80"));
+    request.set_timeout(Duration::from_millis(700));
+    let mut stream = client.get(request).await.expect("Get").into_inner();
+    next(&mut stream).await;
+    let end = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("the stream ends at its deadline");
+    assert_eq!(
+        end.expect_err("ends with a status").code(),
+        tonic::Code::DeadlineExceeded
+    );
+    server.stop().await;
+}
+
+/// Requests that are not what a proxy sends: too large, not gRPC, or naming a path of
+/// kilobytes (whose error quotes only a prefix).
+#[tokio::test]
+async fn oversized_foreign_and_long_requests_are_refused_briefly() {
+    let server = Binary::start(&[]).await;
+    let (mut send, _conn) = raw_h2(server.grpc, 65_535).await;
+
+    let (response, mut body) = send
+        .send_request(grpc_request("Get", "application/grpc"), false)
+        .expect("send");
+    let mut huge = vec![0u8];
+    huge.extend_from_slice(&100_000u32.to_be_bytes());
+    huge.extend(std::iter::repeat_n(b'a', 10_000));
+    body.reserve_capacity(huge.len());
+    body.send_data(Bytes::from(huge), true).expect("data");
+    assert_eq!(
+        grpc_status(response).await.1.as_deref(),
+        Some("8"),
+        "RESOURCE_EXHAUSTED"
+    );
+
+    let (response, mut body) = send
+        .send_request(grpc_request("Get", "application/json"), false)
+        .expect("send");
+    body.send_data(Bytes::from_static(b"{}"), true)
+        .expect("data");
+    let (http_status, _) = grpc_status(response).await;
+    assert_eq!(http_status, http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let long = format!("{}.shop.svc.cluster.local:80", "x".repeat(3000));
+    let mut client = server.client().await;
+    let status = client.get(get(&long)).await.expect_err("invalid authority");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().len() < 400,
+        "the message quotes the whole authority: {} bytes",
+        status.message().len()
+    );
+    let stderr = server.stop().await;
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "logs to a pipe carry no colour codes"
+    );
+}
+
+/// A client that grants no flow-control window while its stream has updates to send: the
+/// stream times out, and since every stream on the connection stalled, the connection is
+/// closed within the send timeout and a second.
+#[tokio::test]
+async fn a_connection_whose_every_stream_stalled_is_closed() {
+    let server = Binary::start(&["--stream-send-timeout", "1s"]).await;
+    let (mut send, conn) = raw_h2(server.grpc, 0).await;
+    let (response, mut body) = send
+        .send_request(grpc_request("Get", "application/grpc"), false)
+        .expect("send");
+    let request = framed("web.shop.svc.cluster.local:80");
+    body.reserve_capacity(request.len());
+    body.send_data(request, true).expect("data");
+    let _response = response;
+    // Updates the client never takes: more than the stream's queue holds.
+    let writer = {
+        let dir = server.dir.path().to_path_buf();
+        tokio::spawn(async move {
+            for n in 2..40 {
+                std::fs::write(dir.join("local/web.yaml"), web(n)).expect("write");
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(15), conn).await;
+    writer.abort();
+    assert!(
+        closed.is_ok(),
+        "the server kept a connection whose every stream stalled"
+    );
+    assert!(
+        server
+            .metric("meshlink_grpc_stream_send_timeouts_total")
+            .await
+            >= 1.0
+    );
+    server.answers_others().await;
+    server.stop().await;
+}
