@@ -1,12 +1,25 @@
-//! Prometheus metrics: streams, updates, index sizes, manifest errors, linked clusters.
+//! Prometheus metrics: streams, updates, index sizes, manifest errors, linked clusters,
+//! connections and the process's own resources.
+//!
+//! Events (streams, updates, errors, connections) update their metric as they happen; state
+//! that lives elsewhere (index sizes, clusters, rejected Secrets, the process) is read by a
+//! collector at scrape time, so a scrape never rebuilds or clears a family others read.
+
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+    },
     registry::Registry,
 };
 
-use crate::index::{ClusterHandle, ClusterSet, RejectedSecret};
+use crate::index::{ClusterHandle, ClusterSet};
 
 /// Labels of per-RPC metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,8 +69,15 @@ pub struct ManifestErrorLabels {
 pub struct SecretLabels {
     /// `namespace/name` of the Secret.
     pub secret: String,
-    /// Why it was ignored.
-    pub reason: String,
+    /// Why it was ignored, one of a fixed set (see `RejectedSecret::metric_label`).
+    pub reason: &'static str,
+}
+
+/// Labels of per-listener metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `grpc` or `admin`.
+    pub listener: &'static str,
 }
 
 /// Every metric meshlink exports.
@@ -73,10 +93,16 @@ pub struct Metrics {
     pub manifest_invalid: Family<ManifestErrorLabels, Gauge>,
     /// Manifest errors seen since start.
     pub manifest_errors_total: Family<ClusterLabels, Counter>,
-    index_objects: Family<ObjectLabels, Gauge>,
-    cluster_linked: Family<ClusterLabels, Gauge>,
-    cluster_stale: Family<ClusterLabels, Gauge>,
-    secrets_rejected: Family<SecretLabels, Gauge>,
+    /// Open connections, by listener.
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    /// The most connections each listener serves at once.
+    pub connections_max: Family<ListenerLabels, Gauge>,
+    /// Failed accepts (e.g. out of file descriptors), by listener.
+    pub accept_errors: Family<ListenerLabels, Counter>,
+    /// Unfinished or idle admin connections closed to make room for a new one.
+    pub connections_evicted: Family<ListenerLabels, Counter>,
+    /// The clusters whose state the cluster collector reads at scrape time.
+    clusters: Arc<OnceLock<Arc<ClusterSet>>>,
 }
 
 impl Default for Metrics {
@@ -88,7 +114,9 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("meshlink");
+        let mut root = Registry::default();
+        // Process metrics keep the names every Prometheus client gives them, without our prefix.
+        root.register_collector(Box::new(ProcessCollector));
         let m = Self {
             registry: Registry::default(),
             streams_open: Family::default(),
@@ -96,11 +124,13 @@ impl Metrics {
             stream_send_timeouts: Counter::default(),
             manifest_invalid: Family::default(),
             manifest_errors_total: Family::default(),
-            index_objects: Family::default(),
-            cluster_linked: Family::default(),
-            cluster_stale: Family::default(),
-            secrets_rejected: Family::default(),
+            connections_open: Family::default(),
+            connections_max: Family::default(),
+            accept_errors: Family::default(),
+            connections_evicted: Family::default(),
+            clusters: Arc::default(),
         };
+        let registry = root.sub_registry_with_prefix("meshlink");
         registry.register(
             "grpc_streams_open",
             "Open destination streams",
@@ -127,71 +157,38 @@ impl Metrics {
             m.manifest_errors_total.clone(),
         );
         registry.register(
-            "index_objects",
-            "Objects held by each cluster's index",
-            m.index_objects.clone(),
+            "connections_open",
+            "Open connections, by listener",
+            m.connections_open.clone(),
         );
         registry.register(
-            "cluster_linked",
-            "Linked clusters (1 while linked)",
-            m.cluster_linked.clone(),
+            "connections_max",
+            "The most connections a listener serves at once",
+            m.connections_max.clone(),
         );
         registry.register(
-            "cluster_stale",
-            "1 while a cluster's source fails and its last known endpoints are served",
-            m.cluster_stale.clone(),
+            "accept_errors",
+            "Failed accepts (such as running out of file descriptors), by listener",
+            m.accept_errors.clone(),
         );
         registry.register(
-            "credentials_secret_rejected",
-            "Credentials Secrets ignored, with the reason",
-            m.secrets_rejected.clone(),
+            "connections_evicted",
+            "Unfinished or idle connections closed to make room for a new one",
+            m.connections_evicted.clone(),
         );
-        Self { registry, ..m }
-    }
-
-    /// Reads the clusters' current state into the gauges.
-    pub fn observe_clusters(&self, clusters: &ClusterSet) {
-        self.index_objects.clear();
-        self.cluster_linked.clear();
-        self.cluster_stale.clear();
-        self.secrets_rejected.clear();
-        let local = clusters.local();
-        self.observe_cluster(local);
-        for cluster in clusters.linked().values() {
-            self.cluster_linked
-                .get_or_create(&ClusterLabels {
-                    cluster: cluster.name.to_string(),
-                })
-                .set(1);
-            self.observe_cluster(cluster);
-        }
-        for RejectedSecret { secret, reason } in local.index.lock().rejected_secrets() {
-            self.secrets_rejected
-                .get_or_create(&SecretLabels { secret, reason })
-                .set(1);
+        registry.register_collector(Box::new(ClusterCollector {
+            clusters: Arc::clone(&m.clusters),
+        }));
+        Self {
+            registry: root,
+            ..m
         }
     }
 
-    fn observe_cluster(&self, cluster: &ClusterHandle) {
-        let counts = cluster.index.lock().counts();
-        let name = cluster.name.to_string();
-        for (kind, n) in [
-            ("service", counts.services),
-            ("endpointslice", counts.endpoint_slices),
-            ("pod", counts.pods),
-            ("node", counts.nodes),
-            ("lookup", counts.lookups),
-        ] {
-            self.index_objects
-                .get_or_create(&ObjectLabels {
-                    cluster: name.clone(),
-                    kind,
-                })
-                .set(n as i64);
-        }
-        self.cluster_stale
-            .get_or_create(&ClusterLabels { cluster: name })
-            .set(i64::from(cluster.status.is_stale()));
+    /// Reports the state of `clusters` (index sizes, linked and stale clusters, rejected
+    /// Secrets) on every scrape from now on. Only the first call counts.
+    pub fn collect_clusters(&self, clusters: Arc<ClusterSet>) {
+        let _ = self.clusters.set(clusters);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -200,5 +197,266 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Reads the clusters' state at scrape time: index sizes, linked and stale clusters,
+/// rejected credentials Secrets.
+struct ClusterCollector {
+    clusters: Arc<OnceLock<Arc<ClusterSet>>>,
+}
+
+impl std::fmt::Debug for ClusterCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for ClusterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(clusters) = self.clusters.get() else {
+            return Ok(());
+        };
+        let local = clusters.local();
+        let linked = clusters.linked();
+        let all: Vec<&ClusterHandle> = std::iter::once(local).chain(linked.values()).collect();
+
+        let mut family = encoder.encode_descriptor(
+            "index_objects",
+            "Objects held by each cluster's index",
+            None,
+            MetricType::Gauge,
+        )?;
+        for cluster in &all {
+            let counts = cluster.index.lock().counts();
+            for (kind, n) in [
+                ("service", counts.services),
+                ("endpointslice", counts.endpoint_slices),
+                ("pod", counts.pods),
+                ("node", counts.nodes),
+                ("lookup", counts.lookups),
+            ] {
+                let labels = ObjectLabels {
+                    cluster: cluster.name.to_string(),
+                    kind,
+                };
+                gauge(n as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "cluster_linked",
+            "Linked clusters (1 while linked)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for cluster in linked.values() {
+            let labels = ClusterLabels {
+                cluster: cluster.name.to_string(),
+            };
+            gauge(1).encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "cluster_stale",
+            "1 while a cluster's source fails and its last known endpoints are served",
+            None,
+            MetricType::Gauge,
+        )?;
+        for cluster in &all {
+            let labels = ClusterLabels {
+                cluster: cluster.name.to_string(),
+            };
+            gauge(i64::from(cluster.status.is_stale())).encode(family.encode_family(&labels)?)?;
+        }
+
+        let rejected = local.index.lock().rejected_secrets();
+        let mut family = encoder.encode_descriptor(
+            "credentials_secret_rejected",
+            "Credentials Secrets ignored, with the reason",
+            None,
+            MetricType::Gauge,
+        )?;
+        for secret in &rejected {
+            let labels = SecretLabels {
+                secret: secret.secret.clone(),
+                reason: secret.metric_label(),
+            };
+            gauge(1).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn gauge(v: i64) -> ConstGauge<i64> {
+    ConstGauge::new(v)
+}
+
+/// The process's file descriptors, memory and CPU time, read from `/proc/self` at scrape
+/// time under the names Prometheus clients use (`process_open_fds` and friends).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Each figure is left out when it cannot be read (not Linux, /proc not mounted).
+        let stats = ProcessStats::read();
+        if let Some(n) = stats.open_fds {
+            let metric = ConstGauge::new(n as i64);
+            metric.encode(encoder.encode_descriptor(
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                metric.metric_type(),
+            )?)?;
+        }
+        if let Some(n) = stats.max_fds {
+            let metric = ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+            metric.encode(encoder.encode_descriptor(
+                "process_max_fds",
+                "Maximum number of open file descriptors (the soft limit)",
+                None,
+                metric.metric_type(),
+            )?)?;
+        }
+        if let Some(n) = stats.resident_memory_bytes {
+            let metric = ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+            metric.encode(encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                None,
+                metric.metric_type(),
+            )?)?;
+        }
+        if let Some(s) = stats.cpu_seconds {
+            let metric = ConstCounter::new(s);
+            metric.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                metric.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The process's resources as `/proc/self` reports them.
+#[derive(Debug, Default)]
+struct ProcessStats {
+    open_fds: Option<usize>,
+    max_fds: Option<u64>,
+    resident_memory_bytes: Option<u64>,
+    cpu_seconds: Option<f64>,
+}
+
+impl ProcessStats {
+    fn read() -> Self {
+        Self {
+            open_fds: std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count()),
+            max_fds: rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft),
+            resident_memory_bytes: std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| parse_vm_rss(&s)),
+            cpu_seconds: std::fs::read_to_string("/proc/self/stat")
+                .ok()
+                .and_then(|s| parse_cpu_seconds(&s)),
+        }
+    }
+}
+
+/// `VmRSS:  1234 kB` of /proc/PID/status, in bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// utime + stime of /proc/PID/stat, in seconds.
+fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After the name: state is field 3, utime field 14, stime field 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // Linux reports these in USER_HZ, which is 100 on every architecture it exposes to
+    // user space (the Prometheus Go client's procfs assumes the same).
+    Some((utime + stime) as f64 / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_count_from_the_last_parenthesis() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 1 2 3";
+        assert_eq!(parse_cpu_seconds(stat), Some(3.0));
+        assert_eq!(parse_cpu_seconds("garbage"), None);
+    }
+
+    #[test]
+    fn resident_memory_is_in_bytes() {
+        let status = "Name:\tmeshlink\nVmRSS:\t   13312 kB\nThreads:\t4\n";
+        assert_eq!(parse_vm_rss(status), Some(13312 * 1024));
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+    }
+
+    fn local_cluster() -> Arc<ClusterSet> {
+        let config = crate::index::IndexConfig {
+            cluster_name: Arc::from("local"),
+            cluster_domain: "cluster.local".into(),
+            trust_domain: "cluster.local".into(),
+            control_plane_ns: "linkerd".into(),
+            default_opaque_ports: Arc::new(crate::model::PortSet::default()),
+        };
+        let local = ClusterHandle::new(crate::index::ClusterIndex::shared(config));
+        Arc::new(ClusterSet::new(local))
+    }
+
+    #[test]
+    fn concurrent_scrapes_each_see_every_cluster_series() {
+        let metrics = Arc::new(Metrics::new());
+        metrics.collect_clusters(local_cluster());
+        let expected = [
+            "meshlink_index_objects{cluster=\"local\",kind=\"service\"} 0",
+            "meshlink_index_objects{cluster=\"local\",kind=\"lookup\"} 0",
+            "meshlink_cluster_stale{cluster=\"local\"} 0",
+        ];
+        let scrapers: Vec<_> = (0..4)
+            .map(|_| {
+                let metrics = Arc::clone(&metrics);
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        let text = metrics.encode();
+                        for line in expected {
+                            assert!(text.contains(line), "{line} missing from:\n{text}");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for s in scrapers {
+            s.join().expect("a scrape missed a series");
+        }
+    }
+
+    #[test]
+    fn process_metrics_have_the_names_prometheus_clients_use() {
+        let text = Metrics::new().encode();
+        for name in [
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "{name} missing from:\n{text}"
+            );
+        }
     }
 }

@@ -487,7 +487,7 @@ async fn a_secret_without_trust_domain_is_ignored_and_reported() {
             .lines()
             .any(|l| l.starts_with("meshlink_credentials_secret_rejected{")
                 && l.contains("linkerd/cluster-credentials-west")
-                && l.contains("multicluster.linkerd.io/trust-domain")),
+                && l.contains(r#"reason="missing_trust_domain""#)),
         "{metrics}"
     );
     srv.stop().await;

@@ -25,6 +25,24 @@ pub struct RejectedSecret {
     pub reason: String,
 }
 
+impl RejectedSecret {
+    /// The reason as one of a fixed set of metric label values (`reason` is free text).
+    pub fn metric_label(&self) -> &'static str {
+        let missing = |what: &str, key: &str| self.reason == format!("missing {what} {key}");
+        if missing("label", labels::MC_CLUSTER_NAME) {
+            "missing_cluster_name"
+        } else if missing("annotation", labels::MC_TRUST_DOMAIN) {
+            "missing_trust_domain"
+        } else if missing("annotation", labels::MC_CLUSTER_DOMAIN) {
+            "missing_cluster_domain"
+        } else if self.reason.contains("is already linked by") {
+            "duplicate_cluster"
+        } else {
+            "invalid"
+        }
+    }
+}
+
 pub(super) struct LinkState {
     namespace: String,
     /// Every credentials Secret by name: its spec, or why it was rejected.

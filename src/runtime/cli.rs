@@ -122,6 +122,16 @@ pub struct ServeArgs {
     /// After SIGTERM, how long open streams may take to end before the process exits anyway.
     #[arg(long, env = "MESHLINK_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Time an admin client has to send a request's headers, counted from the connection's
+    /// start or its previous response (so it also closes idle keep-alive connections).
+    #[arg(long, env = "MESHLINK_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub admin_header_timeout: Duration,
+
+    /// Admin connections served at once; when all are taken, a new one closes the connection
+    /// that has waited longest without a request.
+    #[arg(long, env = "MESHLINK_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub admin_max_connections: usize,
 }
 
 /// Output of `meshlink resolve`.

@@ -4,6 +4,7 @@ mod admin;
 pub mod cli;
 pub mod link;
 mod linked;
+mod listener;
 mod serve;
 pub mod supervise;
 

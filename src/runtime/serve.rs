@@ -14,6 +14,7 @@ use super::{
     admin,
     cli::ServeArgs,
     linked::{LinkedKubeClusters, LinkedManifestClusters},
+    listener::{self, GRPC_MAX_CONNECTIONS, Listener},
     supervise::Supervisor,
 };
 use crate::{
@@ -95,6 +96,7 @@ enum Source {
 /// Starts meshlink as `args` say and returns once it is serving (with Kubernetes: once
 /// the local cluster's initial lists are in).
 pub async fn serve(args: ServeArgs) -> Result<Server> {
+    listener::raise_fd_limit();
     let default_opaque_ports = Arc::new(
         PortSet::parse_strict(&args.default_opaque_ports)
             .context("invalid --default-opaque-ports")?,
@@ -125,6 +127,10 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
     // The admin server answers /live and /ready (503) while the first load runs.
     let admin = admin::serve_admin(
         admin_listener,
+        admin::AdminLimits {
+            header_timeout: args.admin_header_timeout,
+            max_connections: args.admin_max_connections,
+        },
         Arc::clone(&metrics),
         Arc::clone(&clusters),
         tasks.failed_rx(),
@@ -356,6 +362,10 @@ pub async fn spawn_grpc(
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>> {
+    // Taken before `metrics` moves into the service; limits connections, backs off on EMFILE.
+    let incoming = Listener::new(listener, "grpc", GRPC_MAX_CONNECTIONS, &metrics)
+        .with_nodelay()
+        .into_connections();
     let destination =
         DestinationService::new(Resolver::new(clusters), settings, metrics, shutdown.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -375,34 +385,6 @@ pub async fn spawn_grpc(
         .add_service(reflection_v1alpha)
         .add_service(destination);
     Ok(tokio::spawn(serve_connections(
-        accept(listener),
-        routes,
-        limits,
-        shutdown,
+        incoming, routes, limits, shutdown,
     )))
-}
-
-/// Accepted connections, with TCP_NODELAY set: without it a delta's second write waits
-/// for the client's delayed ACK (40 ms on Linux), which was the whole p99 of small
-/// fan-outs. An accept that fails (out of file descriptors) is retried after a pause
-/// rather than in a spin.
-fn accept(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = (tokio::net::TcpStream, SocketAddr)> {
-    futures::stream::unfold(listener, |listener| async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, peer)) => {
-                    if let Err(e) = stream.set_nodelay(true) {
-                        warn!(error = %e, "cannot set TCP_NODELAY");
-                    }
-                    return Some(((stream, peer), listener));
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot accept a connection; retrying shortly");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
-        }
-    })
 }

@@ -48,6 +48,7 @@ fn missing_trust_domain_is_rejected_with_a_reason() {
         "the reason names the annotation: {}",
         rejected[0].reason
     );
+    assert_eq!(rejected[0].metric_label(), "missing_trust_domain");
 }
 
 #[test]
@@ -73,6 +74,8 @@ fn missing_cluster_domain_or_name_is_rejected() {
     assert_eq!(rejected.len(), 2, "{rejected:?}");
     assert!(rejected[0].reason.contains(labels::MC_CLUSTER_DOMAIN));
     assert!(rejected[1].reason.contains(labels::MC_CLUSTER_NAME));
+    assert_eq!(rejected[0].metric_label(), "missing_cluster_domain");
+    assert_eq!(rejected[1].metric_label(), "missing_cluster_name");
 }
 
 #[test]
@@ -196,6 +199,7 @@ fn two_secrets_for_one_cluster_link_it_once() {
         "{}",
         rejected[0].reason
     );
+    assert_eq!(rejected[0].metric_label(), "duplicate_cluster");
 
     // Removing the linked one lets the other take over.
     let winner_name = winner.secret.trim_start_matches("linkerd/").to_string();
