@@ -133,8 +133,10 @@ impl DestinationService {
             }
         };
         let result = match self.read_request(req.into_body(), read_deadline).await {
+            // Boxed: a request still being read then holds only this small future, not the
+            // state of resolving it.
             Ok(msg) => match rpc {
-                Rpc::Get => self.get(msg, call).await,
+                Rpc::Get => Box::pin(self.get(msg, call)).await,
                 Rpc::GetProfile => self.get_profile(msg, call),
             },
             Err(status) => Err(status),

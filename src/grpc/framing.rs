@@ -23,9 +23,11 @@ use tonic::Status;
 const PREFIX: usize = 5;
 
 /// The largest request message we accept, prefix included. A `GetDestination` is an
-/// authority (at most 253 characters of DNS name and a port) and a context token of a
-/// few dozen bytes; anything larger is not a proxy's request.
-pub const MAX_REQUEST: usize = 4 * 1024;
+/// authority (at most 253 characters of DNS name and a port) and a context token naming a
+/// namespace, a node and a pod (under 600 bytes at Kubernetes' own name limits); anything
+/// larger is not a proxy's request, and what a pending request may hold is what a flood
+/// of them costs.
+pub const MAX_REQUEST: usize = 2 * 1024;
 
 /// Encodes `msg` with its gRPC length prefix into a buffer of exactly its size.
 pub fn encode<M: prost::Message>(msg: &M) -> Bytes {

@@ -28,7 +28,7 @@ use tokio::{
 };
 use tracing::{Instrument, debug, debug_span, info, warn};
 
-use super::connection::ConnectionStreams;
+use super::{DestinationService, connection::ConnectionStreams};
 
 /// The HTTP/2 client connection preface every gRPC connection starts with.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -57,10 +57,11 @@ const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// Streams a client may open and reset before the server has seen them (rapid reset).
 const MAX_PENDING_RESETS: usize = 20;
 
-/// Serves `routes` on every connection `incoming` yields until `shutdown` turns true,
-/// then lets open connections finish within the grace.
+/// Serves `destination` and the other `routes` on every connection `incoming` yields
+/// until `shutdown` turns true, then lets open connections finish within the grace.
 pub async fn serve_connections<I, IO>(
     incoming: I,
+    destination: DestinationService,
     routes: tonic::service::Routes,
     limits: ConnectionLimits,
     mut shutdown: watch::Receiver<bool>,
@@ -95,6 +96,7 @@ pub async fn serve_connections<I, IO>(
         let connection = Connection {
             builder: Arc::clone(&builder),
             routes: routes.clone(),
+            destination: destination.clone(),
             limits: limits.clone(),
             shutdown: shutdown.clone(),
         };
@@ -117,6 +119,7 @@ pub async fn serve_connections<I, IO>(
 struct Connection {
     builder: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
     routes: tonic::service::Routes,
+    destination: DestinationService,
     limits: ConnectionLimits,
     shutdown: watch::Receiver<bool>,
 }
@@ -147,6 +150,7 @@ impl Connection {
         let streams = Arc::new(ConnectionStreams::default());
         let service = ConnectionService {
             routes: self.routes.clone(),
+            destination: self.destination.clone(),
             streams: Arc::clone(&streams),
         };
         let io = TokioIo::new(Preface {
@@ -181,8 +185,12 @@ impl Connection {
 #[derive(Clone)]
 struct ConnectionService {
     routes: tonic::service::Routes,
+    destination: DestinationService,
     streams: Arc<ConnectionStreams>,
 }
+
+/// The path prefix of the destination API's methods.
+const DESTINATION_PREFIX: &str = "/io.linkerd.proxy.destination.Destination/";
 
 impl tower_service::Service<http::Request<hyper::body::Incoming>> for ConnectionService {
     type Response = http::Response<tonic::body::Body>;
@@ -198,6 +206,13 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for Connection
             return Box::pin(async { Ok(unsupported_media_type()) });
         }
         req.extensions_mut().insert(Arc::clone(&self.streams));
+        // The destination API directly: its requests are the ones a flood is made of, and
+        // the router's own state per request is memory each of them would hold.
+        if req.uri().path().starts_with(DESTINATION_PREFIX) {
+            let mut destination = self.destination.clone();
+            let req = req.map(tonic::body::Body::new);
+            return Box::pin(async move { destination.call(req).await });
+        }
         let call = tower_service::Service::call(&mut self.routes, req);
         Box::pin(call)
     }

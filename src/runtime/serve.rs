@@ -382,9 +382,12 @@ pub async fn spawn_grpc(
         .context("cannot build the reflection service")?;
     let routes = tonic::service::Routes::new(health)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(destination);
+        .add_service(reflection_v1alpha);
     Ok(tokio::spawn(serve_connections(
-        incoming, routes, limits, shutdown,
+        incoming,
+        destination,
+        routes,
+        limits,
+        shutdown,
     )))
 }
