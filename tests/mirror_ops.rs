@@ -9,9 +9,23 @@ mod support;
 
 use std::{net::SocketAddr, time::Duration};
 
-use meshlink::mirror::probe::{ProbeMetrics, ProbeSpec, spawn_gateway_probe};
-use mirror_support::netns::{NetNs, ProbeTarget};
+use k8s::Env;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Namespace};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use meshlink::mirror::{
+    lease::{LeaseSettings, spawn_leader_election},
+    probe::{ProbeMetrics, ProbeSpec, spawn_gateway_probe},
+};
+use mirror_support::{
+    netns::{NetNs, ProbeTarget},
+    proxy::Proxy,
+};
 use prometheus_client::{encoding::text::encode, registry::Registry};
+use serde_json::json;
 use tokio::sync::watch;
 
 /// How long a test waits for what it expects.
@@ -128,4 +142,191 @@ async fn gateway_probe_turns_not_alive_after_the_threshold_and_alive_on_one_succ
     })
     .await;
     assert_eq!(metrics.alive("west"), None);
+}
+
+// --- leader election ---
+
+/// A client of `cluster` that reaches its API server through a proxy the test can cut.
+async fn client_through(env: &Env, cluster: &str) -> (Client, Proxy) {
+    let file = Kubeconfig::read_from(env.kubeconfig(cluster)).expect("kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    let upstream: SocketAddr = config
+        .cluster_url
+        .authority()
+        .expect("server address")
+        .as_str()
+        .parse()
+        .expect("API server at an IP:port");
+    let proxy = Proxy::start(upstream).await;
+    config.cluster_url = format!("https://{}", proxy.addr).parse().expect("URL");
+    (Client::try_from(config).expect("client"), proxy)
+}
+
+async fn ensure_namespace(client: &Client, name: &str) {
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply(k8s::MANAGER),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+            ),
+        )
+        .await
+        .expect("namespace");
+}
+
+/// One replica taking part in the election.
+struct Replica {
+    name: &'static str,
+    leader: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+    proxy: Proxy,
+}
+
+async fn replica(env: &Env, name: &'static str) -> Replica {
+    let (client, proxy) = client_through(env, "local").await;
+    let (stop, stop_rx) = watch::channel(false);
+    let settings = LeaseSettings {
+        namespace: "linkerd".into(),
+        name: "meshlink-mirror".into(),
+        holder: name.into(),
+        lease_duration: Duration::from_secs(4),
+        renew_every: Duration::from_millis(500),
+    };
+    let leader = spawn_leader_election(client, settings, stop_rx);
+    Replica {
+        name,
+        leader,
+        stop,
+        proxy,
+    }
+}
+
+/// Holder and transitions of the Lease, as the API server has it.
+async fn lease_state(leases: &Api<Lease>) -> (Option<String>, i32, Option<String>) {
+    let lease = leases.get("meshlink-mirror").await.expect("get Lease");
+    let spec = lease.spec.unwrap_or_default();
+    (
+        spec.holder_identity,
+        spec.lease_transitions.unwrap_or(0),
+        spec.renew_time.map(|t| t.0.to_string()),
+    )
+}
+
+/// Waits until the holder has renewed the Lease `n` more times, checking on the way
+/// that it stays `holder`.
+async fn renewals(leases: &Api<Lease>, holder: &str, n: usize) {
+    let mut last = lease_state(leases).await.2;
+    let mut seen = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{holder} did not renew {n} times"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (now_holder, _, renewed) = lease_state(leases).await;
+        assert_eq!(
+            now_holder.as_deref(),
+            Some(holder),
+            "the Lease changed hands"
+        );
+        if renewed != last {
+            seen += 1;
+            last = renewed;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_one_leader_takeover_after_expiry_and_release() {
+    let env = Env::up(&["local"]).await;
+    let admin = env.admin("local").await;
+    ensure_namespace(&admin, "linkerd").await;
+    let leases = Api::<Lease>::namespaced(admin.clone(), "linkerd");
+    let a = replica(&env, "a").await;
+    let b = replica(&env, "b").await;
+
+    // Every change of either replica's view is checked: never two leaders at once.
+    let (mut ra, mut rb) = (a.leader.clone(), b.leader.clone());
+    let monitor = tokio::spawn(async move {
+        let mut history = vec![];
+        // A replica whose task ended keeps its last value.
+        let (mut a_on, mut b_on) = (true, true);
+        while a_on || b_on {
+            let snapshot = (*ra.borrow_and_update(), *rb.borrow_and_update());
+            assert!(
+                !(snapshot.0 && snapshot.1),
+                "two leaders at once: {history:?}"
+            );
+            if history.last() != Some(&snapshot) {
+                history.push(snapshot);
+            }
+            tokio::select! {
+                r = ra.changed(), if a_on => a_on = r.is_ok(),
+                r = rb.changed(), if b_on => b_on = r.is_ok(),
+            }
+        }
+        history
+    });
+
+    until("one replica leads", || {
+        *a.leader.borrow() || *b.leader.borrow()
+    })
+    .await;
+    let (leader, follower) = if *a.leader.borrow() {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert_eq!(lease_state(&leases).await.0.as_deref(), Some(leader.name));
+    renewals(&leases, leader.name, 3).await;
+    assert!(*leader.leader.borrow() && !*follower.leader.borrow());
+
+    // The leader loses the API server (its requests hang): it steps down by itself, and
+    // only then (the monitor checks) the other takes over, once the lease expired.
+    leader.proxy.set_cut(true);
+    let mut f = follower.leader.clone();
+    until_value("the follower takes over the expired lease", &mut f, true).await;
+    assert!(!*leader.leader.borrow(), "the cut-off leader stepped down");
+    let (holder, transitions, _) = lease_state(&leases).await;
+    assert_eq!(holder.as_deref(), Some(follower.name));
+    assert_eq!(transitions, 1);
+
+    // Reconnected, the old leader stays a follower while the new one renews.
+    leader.proxy.set_cut(false);
+    renewals(&leases, follower.name, 4).await;
+    assert!(!*leader.leader.borrow());
+
+    // The new leader shuts down and releases the Lease: the other acquires it.
+    follower.stop.send_replace(true);
+    let mut l = leader.leader.clone();
+    until_value(
+        "the other replica acquires the released lease",
+        &mut l,
+        true,
+    )
+    .await;
+    assert!(!*follower.leader.borrow());
+    let (holder, transitions, _) = lease_state(&leases).await;
+    assert_eq!(holder.as_deref(), Some(leader.name));
+    assert_eq!(transitions, 2);
+
+    leader.stop.send_replace(true);
+    let mut released = false;
+    until_value("the last leader stops leading", &mut l, false).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if lease_state(&leases).await.0.is_none() {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "the Lease is released on shutdown");
+    drop((a, b));
+    let history = monitor.await.expect("monitor");
+    println!("leadership (a, b) over time: {history:?}");
 }
