@@ -84,4 +84,4 @@ pub const MIRROR_FINALIZER: &str = "meshlink.io/mirror-cleanup";
 /// EndpointSlice label naming the controller that manages the slice.
 pub const SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 /// Our value of `endpointslice.kubernetes.io/managed-by`.
-pub const SLICE_MANAGED_BY_MIRROR: &str = "meshlink.io/mirror";
+pub const SLICE_MANAGED_BY_MIRROR: &str = "meshlink-mirror";

@@ -4,6 +4,7 @@ mod admin;
 pub mod cli;
 pub mod link;
 mod linked;
+pub mod mirror;
 mod serve;
 
 pub use serve::{Server, serve, spawn_grpc};
