@@ -98,6 +98,16 @@ async fn service_mirror_against_real_api_servers() {
         namespace_missing(&w),
     )
     .await;
+    step(
+        "a Link with an unknown credentials Secret: CredentialsInvalid, others fine",
+        bad_credentials(&w),
+    )
+    .await;
+    step(
+        "federated members in east and west -> cache-federated; west leaves",
+        federated(&w),
+    )
+    .await;
     step("unexport -> mirror gone", unexport(&w)).await;
     step(
         "status: counts by kind, TargetSynced, lastSyncTime",
@@ -788,4 +798,89 @@ async fn gateway_probe(w: &World) {
         gateway_ready(w).await == Some(true)
     })
     .await;
+}
+
+async fn federated_service(c: &Client, member: bool) {
+    let mut labels = json!({"app": "cache"});
+    if member {
+        labels["mirror.linkerd.io/federated"] = json!("member");
+    }
+    apply::<Service>(
+        c,
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "shop", "name": "cache", "labels": labels},
+            "spec": {"ports": [{"name": "redis", "port": 6379}]}}),
+    )
+    .await;
+}
+
+async fn federated(w: &World) {
+    federated_service(&w.east, true).await;
+    federated_service(&w.west, true).await;
+    let fed = poll(
+        "cache-federated lists west and the local member",
+        || async {
+            get_svc(&w.east, "shop", "cache-federated")
+                .await
+                .filter(|s| {
+                    annotation(s, "multicluster.linkerd.io/remote-discovery") == Some("cache@west")
+                        && annotation(s, "multicluster.linkerd.io/local-discovery") == Some("cache")
+                })
+        },
+    )
+    .await;
+    assert_eq!(label(&fed, "app"), Some("cache"));
+    assert_eq!(
+        label(&fed, "mirror.linkerd.io/mirrored-service"),
+        Some("true")
+    );
+    let ports = fed
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    assert_eq!(ports[0].port, 6379);
+    // West leaves: its entry goes, the local member stays.
+    federated_service(&w.west, false).await;
+    poll("west's entry is gone", || async {
+        get_svc(&w.east, "shop", "cache-federated")
+            .await
+            .filter(|s| {
+                annotation(s, "multicluster.linkerd.io/remote-discovery").is_none()
+                    && annotation(s, "multicluster.linkerd.io/local-discovery") == Some("cache")
+            })
+    })
+    .await;
+    // The local member leaves too: nothing is federated any more.
+    federated_service(&w.east, false).await;
+    wait_gone(&w.east, "shop", "cache-federated").await;
+}
+
+async fn bad_credentials(w: &World) {
+    let mut link = serde_json::to_value(target(&w.gateway_ip).link()).expect("link");
+    link["metadata"]["name"] = json!("broken");
+    link["spec"]["targetClusterName"] = json!("broken");
+    link["spec"]["clusterCredentialsSecret"] = json!("no-such-secret");
+    apply::<Link>(&w.east, link).await;
+    let api = Api::<Link>::namespaced(w.east.clone(), "linkerd");
+    eventually(
+        "the broken Link says its credentials are invalid",
+        || async {
+            let st = serde_json::to_value(api.get("broken").await.expect("link").status)
+                .expect("status");
+            let c = condition(&st, "TargetSynced");
+            c["reason"] == "CredentialsInvalid"
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("no-such-secret"))
+        },
+    )
+    .await;
+    assert_eq!(
+        condition(&link_status(&w.east).await, "TargetSynced")["status"],
+        "True"
+    );
+    api.delete("broken", &DeleteParams::default())
+        .await
+        .expect("delete");
 }

@@ -111,7 +111,13 @@ fn spawn_local<K>(
 }
 
 /// Runs one reconciler per Link of `namespace` until `shutdown` turns true.
-pub async fn run(shared: Shared, namespace: String, mut shutdown: watch::Receiver<bool>) {
+/// `listed` turns true once every Link has been seen (federated services wait for it).
+pub async fn run(
+    shared: Shared,
+    namespace: String,
+    listed: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let api: Api<Link> = Api::namespaced(shared.client.clone(), &namespace);
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut seen_in_list: Vec<String> = Vec::new();
@@ -139,6 +145,7 @@ pub async fn run(shared: Shared, namespace: String, mut shutdown: watch::Receive
                 for name in gone {
                     stop_and_clean(&shared, &namespace, &mut running, &name).await;
                 }
+                listed.send_replace(true);
             }
             Some(Ok(watcher::Event::Delete(link))) => {
                 stop_and_clean(&shared, &namespace, &mut running, &link.name_any()).await;
@@ -231,4 +238,5 @@ async fn stop_and_clean(
         }
     }
     shared.metrics.forget(name);
+    shared.federation.forget(name);
 }

@@ -7,6 +7,7 @@
 
 pub mod controller;
 pub mod desired;
+pub mod federated;
 pub mod lease;
 pub mod metrics;
 pub mod probe;

@@ -65,6 +65,8 @@ pub struct Shared {
     pub dry_run: Option<Arc<Mutex<DryRun>>>,
     /// Periodic repair: compares and writes only what differs.
     pub resync: Duration,
+    /// Federated members of every Link.
+    pub federation: Arc<super::federated::Federation>,
 }
 
 /// What a dry run would have written.
@@ -154,6 +156,8 @@ struct LinkReconciler {
     last_status: Option<crate::k8s::link::LinkStatus>,
     recorder: Recorder,
     _constant_alive: watch::Sender<bool>,
+    /// Federated members last published: keys and resource versions.
+    published: Option<Vec<(ObjKey, Option<String>)>>,
 }
 
 /// Runs the reconciler of `link` until `shutdown` turns true. With `once`, returns after
@@ -204,6 +208,13 @@ pub async fn run_link(
         }
     };
 
+    shared.federation.publish(
+        &link_name,
+        super::federated::Contribution {
+            cfg: cfg.clone(),
+            members: None,
+        },
+    );
     let (health_tx, health) = watch::channel(Health::default());
     let health_tx = Arc::new(health_tx);
     let remote_changed = Arc::new(Notify::new());
@@ -265,6 +276,7 @@ pub async fn run_link(
         last_status,
         recorder,
         _constant_alive: constant_tx,
+        published: None,
     };
     r.run(once, remote_changed, shutdown).await;
 }
@@ -468,6 +480,21 @@ impl LinkReconciler {
     /// One pass: desired vs. what exists, the difference written, status updated.
     async fn reconcile(&mut self) {
         let desired = self.compute();
+        let members: Vec<(ObjKey, Option<String>)> = desired
+            .federated
+            .iter()
+            .map(|(k, s)| (k.clone(), s.metadata.resource_version.clone()))
+            .collect();
+        if self.published.as_ref() != Some(&members) {
+            self.shared.federation.publish(
+                &self.cfg.name,
+                super::federated::Contribution {
+                    cfg: self.cfg.clone(),
+                    members: Some(desired.federated.clone()),
+                },
+            );
+            self.published = Some(members);
+        }
         let mut troubles: Vec<MirrorTrouble> = Vec::new();
         let mut ops = Vec::new();
         let mut blocked: BTreeSet<ObjKey> = BTreeSet::new();

@@ -14,7 +14,7 @@ use super::cli::{MirrorArgs, MirrorOutput};
 use crate::{
     k8s::link::Link,
     mirror::{
-        controller,
+        controller, federated,
         lease::{self, LeaseSettings},
         metrics::{self, MirrorMetrics},
         probe::ProbeMetrics,
@@ -89,6 +89,7 @@ async fn shared(
         probe_metrics: ProbeMetrics::register(registry),
         dry_run,
         resync: args.resync_interval,
+        federation: Arc::default(),
     }
 }
 
@@ -197,7 +198,14 @@ async fn lead(
         }
         tracing::info!("leading; mirroring");
         let (stop_tx, stop) = watch::channel(false);
-        let run = controller::run(shared.clone(), namespace.clone(), stop);
+        let (listed_tx, listed) = watch::channel(false);
+        let fed = tokio::spawn(federated::run(
+            shared.clone(),
+            Arc::clone(&shared.federation),
+            listed,
+            stop.clone(),
+        ));
+        let run = controller::run(shared.clone(), namespace.clone(), listed_tx, stop);
         let mut run = std::pin::pin!(run);
         tokio::select! {
             _ = &mut run => return,
@@ -206,6 +214,7 @@ async fn lead(
         }
         let _ = stop_tx.send(true);
         run.await;
+        let _ = fed.await;
         if *shutdown.borrow() {
             return;
         }
