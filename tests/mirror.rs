@@ -126,6 +126,13 @@ async fn service_mirror_against_real_api_servers() {
         orphan_after_restart(&w),
     )
     .await;
+    mirror.stop().await;
+    step(
+        "two replicas with leader election: only one writes",
+        two_replicas(&w),
+    )
+    .await;
+    mirror = start_mirror(&w).await;
     step(
         "west's API server stops: mirrors stay, status says unreachable",
         target_down(&w),
@@ -214,11 +221,12 @@ fn mirror_args(w: &World, extra: &[&str]) -> MirrorArgs {
         "linkerd",
         "--admin-addr",
         "127.0.0.1:0",
-        "--leader-election",
-        "false",
         "--resync-interval",
         "2s",
     ];
+    if !extra.contains(&"--leader-election") {
+        argv.extend_from_slice(&["--leader-election", "false"]);
+    }
     argv.extend_from_slice(extra);
     MirrorArgs::try_parse_from(argv).expect("flags")
 }
@@ -883,4 +891,29 @@ async fn bad_credentials(w: &World) {
     api.delete("broken", &DeleteParams::default())
         .await
         .expect("delete");
+}
+
+fn writes_in(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("mirror_api_writes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn two_replicas(w: &World) {
+    // Both replicas run in this process; each gets its own holder identity.
+    let args = || mirror_args(w, &["--leader-election", "true", "--lease-duration", "6s"]);
+    let a = runtime::mirror::spawn(args()).await.expect("replica a");
+    let b = runtime::mirror::spawn(args()).await.expect("replica b");
+    remote_service(&w.west, "shop", "orders", "remote-discovery", false).await;
+    wait_svc(&w.east, "shop", "orders-west").await;
+    let wa = writes_in(&support::http_get(a.admin_addr, "/metrics").await.1);
+    let wb = writes_in(&support::http_get(b.admin_addr, "/metrics").await.1);
+    assert!(
+        (wa > 0) != (wb > 0),
+        "exactly one replica writes: a wrote {wa}, b wrote {wb}"
+    );
+    a.stop().await;
+    b.stop().await;
 }

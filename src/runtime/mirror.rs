@@ -156,8 +156,13 @@ pub async fn spawn(args: MirrorArgs) -> Result<Mirror> {
     // Without election this replica always leads; the sender lives as long as the task.
     let (always_tx, always) = watch::channel(true);
     let leader = if args.leader_election {
-        let holder = std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("meshlink-mirror-{}", std::process::id()));
+        // Unique per mirror, also when several run in one process (tests).
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let holder = match std::env::var("POD_NAME") {
+            Ok(pod) => format!("{pod}-{n}"),
+            Err(_) => format!("meshlink-mirror-{}-{n}", std::process::id()),
+        };
         lease::spawn_leader_election(
             client,
             LeaseSettings {
@@ -165,7 +170,7 @@ pub async fn spawn(args: MirrorArgs) -> Result<Mirror> {
                 name: args.lease_name.clone(),
                 holder,
                 lease_duration: args.lease_duration,
-                renew_every: args.lease_duration / 3,
+                renew_every: args.lease_duration / 5,
             },
             shutdown.clone(),
         )
@@ -209,7 +214,17 @@ async fn lead(
         let mut run = std::pin::pin!(run);
         tokio::select! {
             _ = &mut run => return,
-            _ = crate::mirror::until_false(&mut leader) => tracing::warn!("lost the lease; stopping writes"),
+            _ = crate::mirror::until_false(&mut leader) => {
+                // The election ended (its sender is gone) without losing: keep leading until shutdown.
+                if *leader.borrow() {
+                    tokio::select! {
+                        _ = &mut run => return,
+                        _ = crate::mirror::until_true(&mut shutdown) => {}
+                    }
+                } else {
+                    tracing::warn!("lost the lease; stopping writes");
+                }
+            }
             _ = crate::mirror::until_true(&mut shutdown) => {}
         }
         let _ = stop_tx.send(true);
