@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod index;
 pub mod k8s;
 pub mod metrics;
+pub mod mirror;
 pub mod model;
 pub mod proto;
 pub mod resolver;

@@ -18,6 +18,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Resolve(args) => meshlink::client::resolve::run(args).await,
         Command::Link(args) => runtime::link::run(args).await,
+        Command::Mirror(args) => {
+            runtime::init_tracing(args.log_format, &args.log_level)?;
+            runtime::mirror::run(args).await
+        }
         Command::Crds => {
             print!("{}", meshlink::k8s::link::crd_yaml());
             Ok(())

@@ -23,6 +23,8 @@ pub enum Command {
     Link(LinkArgs),
     /// Print the CustomResourceDefinitions meshlink reads (the Link).
     Crds,
+    /// Run the service mirror: keep local mirrors of every linked cluster's exported services.
+    Mirror(MirrorArgs),
 }
 
 /// Log output format.
@@ -236,4 +238,73 @@ pub struct LinkArgs {
     /// TLS identity of the gateway (default: linkerd-gateway.linkerd-multicluster.serviceaccount.identity.<target ns>.<trust domain>).
     #[arg(long)]
     pub gateway_identity: Option<String>,
+}
+
+/// Output of `meshlink mirror --once --dry-run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MirrorOutput {
+    Yaml,
+    Json,
+}
+
+/// Flags of `meshlink mirror`.
+#[derive(Debug, Parser)]
+pub struct MirrorArgs {
+    /// Kubeconfig of the local cluster. Without it: $KUBECONFIG, ~/.kube/config, then the
+    /// in-cluster service account.
+    #[arg(long, env = "MESHLINK_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespace of the Links (and their credentials Secrets and the Lease).
+    #[arg(long, env = "MESHLINK_MIRROR_NAMESPACE", default_value = "linkerd")]
+    pub namespace: String,
+
+    /// Address of the admin HTTP server (/live, /ready, /metrics).
+    #[arg(
+        long,
+        env = "MESHLINK_MIRROR_ADMIN_ADDR",
+        default_value = "0.0.0.0:9997"
+    )]
+    pub admin_addr: SocketAddr,
+
+    /// One pass over every Link, then exit.
+    #[arg(long)]
+    pub once: bool,
+
+    /// With --once: print what would be applied and deleted; write nothing.
+    #[arg(long, requires = "once")]
+    pub dry_run: bool,
+
+    /// Output of --dry-run.
+    #[arg(long, short, value_enum, default_value = "yaml")]
+    pub output: MirrorOutput,
+
+    /// Writes in flight at once, across all Links.
+    #[arg(long, env = "MESHLINK_MIRROR_MAX_WRITES", default_value_t = 16)]
+    pub max_concurrent_writes: usize,
+
+    /// How often each Link's mirrors are compared with the target cluster (only the
+    /// differences are written) and gateway DNS names re-resolved.
+    #[arg(long, env = "MESHLINK_MIRROR_RESYNC", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+
+    /// Leader election on a Lease, so that only one replica writes.
+    #[arg(long, env = "MESHLINK_MIRROR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Name of the Lease.
+    #[arg(long, default_value = "meshlink-mirror")]
+    pub lease_name: String,
+
+    /// How long the Lease holds without renewal.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+
+    /// Log format.
+    #[arg(long, env = "MESHLINK_LOG_FORMAT", value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing env-filter syntax).
+    #[arg(long, env = "MESHLINK_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
 }

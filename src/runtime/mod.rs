@@ -5,6 +5,7 @@ pub mod cli;
 pub mod link;
 mod linked;
 mod listener;
+pub mod mirror;
 mod serve;
 pub mod supervise;
 

@@ -1,0 +1,839 @@
+//! One Link's reconciler: watches the target cluster, computes the desired mirrors and
+//! writes the difference (server-side apply under one field manager), never touching what
+//! meshlink does not own.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    hash::{Hash, Hasher},
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::{
+        WatchStreamExt,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, Semaphore, watch};
+use tracing::Instrument;
+
+use super::{
+    desired::{self, Desired, LinkConfig, ObjKey},
+    metrics::MirrorMetrics,
+    probe::{self, ProbeMetrics},
+    status::{self, Health},
+};
+use crate::k8s::{
+    EndpointSlice, Namespace, Secret, Service, labels,
+    link::{Link, MirrorTrouble},
+};
+
+/// The field manager of every write the mirror makes.
+pub const FIELD_MANAGER: &str = "meshlink-mirror";
+/// How long a write we made is trusted while the local watch has not shown it yet.
+const WATCH_LAG: Duration = Duration::from_secs(10);
+
+/// What every Link's reconciler shares: the local client, local watches, write budget.
+#[derive(Clone)]
+pub struct Shared {
+    /// Client of the local cluster.
+    pub client: Client,
+    /// Every local Service.
+    pub services: Store<Service>,
+    /// Local EndpointSlices the mirror owns.
+    pub slices: Store<EndpointSlice>,
+    /// Local namespaces.
+    pub namespaces: Store<Namespace>,
+    /// Bumped on every local change.
+    pub local_changed: watch::Receiver<u64>,
+    /// Bounds the writes in flight across all Links.
+    pub writes: Arc<Semaphore>,
+    /// Reconciler metrics.
+    pub metrics: Arc<MirrorMetrics>,
+    /// Gateway prober metrics.
+    pub probe_metrics: Arc<ProbeMetrics>,
+    /// In a dry run, the writes are recorded here instead of sent.
+    pub dry_run: Option<Arc<Mutex<DryRun>>>,
+    /// Periodic repair: compares and writes only what differs.
+    pub resync: Duration,
+    /// Federated members of every Link.
+    pub federation: Arc<super::federated::Federation>,
+}
+
+/// What a dry run would have written.
+#[derive(Debug, Default)]
+pub struct DryRun {
+    /// Objects that would be applied.
+    pub apply: Vec<serde_json::Value>,
+    /// `kind namespace/name` of objects that would be deleted.
+    pub delete: Vec<String>,
+}
+
+/// A write to make.
+enum Op {
+    ApplyService(Box<Service>),
+    ApplySlice(Box<EndpointSlice>),
+    DeleteService(ObjKey),
+    DeleteSlice(ObjKey),
+}
+
+impl Op {
+    fn describe(&self) -> String {
+        match self {
+            Op::ApplyService(s) => format!("Service {}/{}", ns_of(&**s), s.name_any()),
+            Op::ApplySlice(s) => format!("EndpointSlice {}/{}", ns_of(&**s), s.name_any()),
+            Op::DeleteService((ns, n)) => format!("Service {ns}/{n}"),
+            Op::DeleteSlice((ns, n)) => format!("EndpointSlice {ns}/{n}"),
+        }
+    }
+}
+
+fn ns_of<K: Resource>(k: &K) -> String {
+    k.meta().namespace.clone().unwrap_or_default()
+}
+
+fn key_of<K: Resource>(k: &K) -> ObjKey {
+    (ns_of(k), k.meta().name.clone().unwrap_or_default())
+}
+
+/// A stable hash of what we apply, stored on the object so that an unchanged mirror is
+/// not written again (also after a restart).
+fn content_hash<T: serde::Serialize>(obj: &T) -> String {
+    let json = serde_json::to_string(obj).unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    json.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+fn applied_hash<K: Resource>(k: &K) -> Option<&str> {
+    k.meta()
+        .annotations
+        .as_ref()?
+        .get(labels::MESHLINK_APPLIED_HASH)
+        .map(String::as_str)
+}
+
+fn with_hash<K: Resource + serde::Serialize>(mut obj: K) -> (K, String) {
+    let hash = content_hash(&serde_json::to_value(&obj).unwrap_or_default());
+    obj.meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .insert(labels::MESHLINK_APPLIED_HASH.into(), hash.clone());
+    (obj, hash)
+}
+
+/// Whether `obj` carries this Link's ownership labels.
+fn owned_by<K: Resource>(cfg: &LinkConfig, obj: &K) -> bool {
+    let Some(l) = obj.meta().labels.as_ref() else {
+        return false;
+    };
+    cfg.owner_labels().iter().all(|(k, v)| l.get(k) == Some(v))
+}
+
+/// One Link's reconciler state.
+struct LinkReconciler {
+    shared: Shared,
+    cfg: LinkConfig,
+    link: Arc<Link>,
+    remote_services: Store<Service>,
+    remote_slices: Store<EndpointSlice>,
+    health: watch::Receiver<Health>,
+    gateway_alive: watch::Receiver<bool>,
+    gateway_ips: Vec<IpAddr>,
+    probe_error: Option<String>,
+    /// What we wrote recently: key -> (hash, when); deletions have an empty hash.
+    recent: HashMap<(bool, ObjKey), (String, Instant)>,
+    conflicts_reported: BTreeSet<ObjKey>,
+    last_status: Option<crate::k8s::link::LinkStatus>,
+    recorder: Recorder,
+    _constant_alive: watch::Sender<bool>,
+    /// Federated members last published: keys and resource versions.
+    published: Option<Vec<(ObjKey, Option<String>)>>,
+}
+
+/// Runs the reconciler of `link` until `shutdown` turns true. With `once`, returns after
+/// the first full reconcile.
+pub async fn run_link(
+    shared: Shared,
+    link: Arc<Link>,
+    once: bool,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let recorder = Recorder::new(
+        shared.client.clone(),
+        Reporter {
+            controller: "meshlink-mirror".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let link_name = link.name_any();
+    let mut last_status = link.status.clone();
+    let cfg = match LinkConfig::from_link(&link) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            tracing::error!(link = %link_name, error = %e, "the Link is invalid; nothing mirrored for it");
+            shared.metrics.error(&link_name, "invalid_link");
+            let st = status::invalid(&link, "InvalidLink", &e.to_string());
+            write_status(&shared, &link, &mut last_status, st).await;
+            let _ = shutdown.wait_for(|s| *s).await;
+            return;
+        }
+    };
+    // Credentials: retried until they work (the Secret may come later or be fixed).
+    let remote = loop {
+        match remote_client(&shared.client, &cfg).await {
+            Ok(client) => break client,
+            Err(e) => {
+                tracing::error!(link = %link_name, error = %e, "cannot use the Link's credentials");
+                shared.metrics.error(&link_name, "credentials");
+                let st = status::invalid(&link, "CredentialsInvalid", &e);
+                write_status(&shared, &link, &mut last_status, st).await;
+                if once {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = crate::mirror::until_true(&mut shutdown) => return,
+                }
+            }
+        }
+    };
+
+    shared.federation.publish(
+        &link_name,
+        super::federated::Contribution {
+            cfg: cfg.clone(),
+            members: None,
+        },
+    );
+    let (health_tx, health) = watch::channel(Health::default());
+    let health_tx = Arc::new(health_tx);
+    let remote_changed = Arc::new(Notify::new());
+    let (remote_services, w) = reflector::store::<Service>();
+    spawn_remote_watch(
+        Api::all(remote.clone()),
+        w,
+        "services",
+        Arc::clone(&health_tx),
+        Arc::clone(&remote_changed),
+        shutdown.clone(),
+    );
+    let (remote_slices, w) = reflector::store::<EndpointSlice>();
+    spawn_remote_watch(
+        Api::all(remote),
+        w,
+        "endpointslices",
+        Arc::clone(&health_tx),
+        Arc::clone(&remote_changed),
+        shutdown.clone(),
+    );
+
+    // Gateway probe: its receiver says whether the gateway is alive.
+    let mut probe_error = None;
+    // Without a prober the gateway counts as alive; the sender is kept so `changed` waits.
+    let (constant_tx, constant_rx) = watch::channel(true);
+    let gateway_alive = if cfg.gateway_mode() && !once {
+        match probe::ProbeSpec::from_link(&link.spec) {
+            Ok(spec) => probe::spawn_gateway_probe(
+                cfg.cluster.clone(),
+                cfg.gateway_addresses.clone(),
+                spec,
+                Arc::clone(&shared.probe_metrics),
+                shutdown.clone(),
+            ),
+            Err(e) => {
+                tracing::error!(link = %link_name, error = %e, "bad probeSpec; the gateway is not probed");
+                shared.metrics.error(&link_name, "invalid_probe_spec");
+                probe_error = Some(e.to_string());
+                constant_rx
+            }
+        }
+    } else {
+        constant_rx
+    };
+
+    let mut r = LinkReconciler {
+        shared,
+        cfg,
+        link,
+        remote_services,
+        remote_slices,
+        health,
+        gateway_alive,
+        gateway_ips: Vec::new(),
+        probe_error,
+        recent: HashMap::new(),
+        conflicts_reported: BTreeSet::new(),
+        last_status,
+        recorder,
+        _constant_alive: constant_tx,
+        published: None,
+    };
+    r.run(once, remote_changed, shutdown).await;
+}
+
+/// Reads the credentials Secret the Link names and builds a client of the target cluster.
+async fn remote_client(local: &Client, cfg: &LinkConfig) -> Result<Client, String> {
+    let secrets: Api<Secret> = Api::namespaced(local.clone(), &cfg.namespace);
+    let secret = secrets.get(&cfg.credentials_secret).await.map_err(|e| {
+        format!(
+            "cannot read Secret {}/{}: {e}",
+            cfg.namespace, cfg.credentials_secret
+        )
+    })?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(labels::KUBECONFIG_KEY))
+        .ok_or_else(|| {
+            format!(
+                "Secret {}/{} has no {} key",
+                cfg.namespace,
+                cfg.credentials_secret,
+                labels::KUBECONFIG_KEY
+            )
+        })?;
+    let text =
+        std::str::from_utf8(&bytes.0).map_err(|_| "the kubeconfig is not UTF-8".to_string())?;
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(text).map_err(|e| {
+        format!(
+            "the kubeconfig in Secret {} does not parse: {e}",
+            cfg.credentials_secret
+        )
+    })?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| {
+            format!(
+                "the kubeconfig in Secret {} is invalid: {e}",
+                cfg.credentials_secret
+            )
+        })?;
+    Client::try_from(config)
+        .map_err(|e| format!("cannot build a client of the target cluster: {e}"))
+}
+
+/// Watches one kind in the target cluster into a store, reporting health and changes.
+fn spawn_remote_watch<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    what: &'static str,
+    health: Arc<watch::Sender<Health>>,
+    changed: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .reflect(writer);
+    tokio::spawn(
+        async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let ev = tokio::select! {
+                    ev = stream.next() => ev,
+                    _ = crate::mirror::until_true(&mut shutdown) => return,
+                };
+                match ev {
+                    None => return,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, what, "target cluster watch failed; retrying");
+                        health.send_modify(|h| h.failed(what, &e.to_string()));
+                    }
+                    Some(Ok(ev)) => {
+                        let full = matches!(ev, watcher::Event::InitDone);
+                        health.send_modify(|h| h.ok(what, full));
+                        if !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                            changed.notify_one();
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(tracing::info_span!("remote_watch", what)),
+    );
+}
+
+impl LinkReconciler {
+    async fn run(
+        &mut self,
+        once: bool,
+        remote_changed: Arc<Notify>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let name = self.cfg.name.clone();
+        // Nothing is deleted before both target-cluster stores hold a full list.
+        loop {
+            let ready = async {
+                let _ = self.remote_services.wait_until_ready().await;
+                let _ = self.remote_slices.wait_until_ready().await;
+            };
+            tokio::select! {
+                _ = ready => break,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                    let st = status::unsynced(&self.link, &self.health.borrow());
+                    write_status(&self.shared, &self.link, &mut self.last_status, st).await;
+                }
+                _ = crate::mirror::until_true(&mut shutdown) => return,
+            }
+        }
+        tracing::info!(link = %name, cluster = %self.cfg.cluster, "target cluster listed; mirroring");
+        self.resolve_gateway().await;
+        let mut local = self.shared.local_changed.clone();
+        let mut resync = tokio::time::interval(self.shared.resync);
+        resync.tick().await;
+        loop {
+            self.reconcile().await;
+            if once {
+                return;
+            }
+            tokio::select! {
+                _ = remote_changed.notified() => {}
+                r = local.changed() => if r.is_err() { return },
+                _ = self.gateway_alive.changed() => {}
+                _ = self.health.changed() => {}
+                _ = resync.tick() => self.resolve_gateway().await,
+                _ = crate::mirror::until_true(&mut shutdown) => return,
+            }
+            // Let a burst of events settle into one reconcile.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Resolves gateway addresses given as DNS names (again at each resync).
+    async fn resolve_gateway(&mut self) {
+        let mut ips = Vec::new();
+        for addr in &self.cfg.gateway_addresses {
+            match addr.parse::<IpAddr>() {
+                Ok(ip) => ips.push(ip),
+                Err(_) => match tokio::net::lookup_host((addr.as_str(), 0)).await {
+                    Ok(found) => ips.extend(found.map(|a| a.ip())),
+                    Err(e) => {
+                        tracing::warn!(link = %self.cfg.name, address = %addr, error = %e, "cannot resolve gateway address");
+                        self.shared.metrics.error(&self.cfg.name, "gateway_dns");
+                    }
+                },
+            }
+        }
+        ips.sort();
+        ips.dedup();
+        self.gateway_ips = ips;
+    }
+
+    fn compute(&self) -> Desired {
+        let mut by_svc: BTreeMap<ObjKey, Vec<Arc<EndpointSlice>>> = BTreeMap::new();
+        for s in self.remote_slices.state() {
+            if let Some(svc) = labels::slice_service(&s) {
+                by_svc
+                    .entry((ns_of(&*s), svc.to_string()))
+                    .or_default()
+                    .push(Arc::clone(&s));
+            }
+        }
+        let services = self.remote_services.state();
+        let store = self.shared.services.clone();
+        let cluster_ip = move |ns: &str, name: &str| -> Option<String> {
+            store
+                .get(&ObjectRef::new(name).within(ns))?
+                .spec
+                .as_ref()?
+                .cluster_ip
+                .clone()
+        };
+        desired::desired(
+            &self.cfg,
+            &desired::Remote {
+                services: &services,
+                slices: &by_svc,
+            },
+            &desired::Local {
+                gateway_ips: &self.gateway_ips,
+                gateway_alive: *self.gateway_alive.borrow(),
+                cluster_ip: &cluster_ip,
+            },
+        )
+    }
+
+    fn recently(&self, slice: bool, key: &ObjKey, hash: &str) -> bool {
+        self.recent
+            .get(&(slice, key.clone()))
+            .is_some_and(|(h, at)| h == hash && at.elapsed() < WATCH_LAG)
+    }
+
+    /// One pass: desired vs. what exists, the difference written, status updated.
+    async fn reconcile(&mut self) {
+        let desired = self.compute();
+        let members: Vec<(ObjKey, Option<String>)> = desired
+            .federated
+            .iter()
+            .map(|(k, s)| (k.clone(), s.metadata.resource_version.clone()))
+            .collect();
+        if self.published.as_ref() != Some(&members) {
+            self.shared.federation.publish(
+                &self.cfg.name,
+                super::federated::Contribution {
+                    cfg: self.cfg.clone(),
+                    members: Some(desired.federated.clone()),
+                },
+            );
+            self.published = Some(members);
+        }
+        let mut troubles: Vec<MirrorTrouble> = Vec::new();
+        let mut ops = Vec::new();
+        let mut blocked: BTreeSet<ObjKey> = BTreeSet::new();
+        let ns_exists = |ns: &str| self.shared.namespaces.get(&ObjectRef::new(ns)).is_some();
+
+        for (key, svc) in &desired.services {
+            let (ns, name) = key;
+            if !ns_exists(ns) {
+                troubles.push(trouble(
+                    key,
+                    "NamespaceMissing",
+                    format!("namespace {ns} does not exist here; {name} is mirrored once it does"),
+                ));
+                blocked.insert(key.clone());
+                continue;
+            }
+            let live = self.shared.services.get(&ObjectRef::new(name).within(ns));
+            if let Some(live) = &live
+                && !owned_by(&self.cfg, &**live)
+            {
+                let message = format!(
+                    "a Service {ns}/{name} exists that meshlink does not own; left untouched"
+                );
+                if self.conflicts_reported.insert(key.clone()) {
+                    tracing::warn!(link = %self.cfg.name, service = %format!("{ns}/{name}"), "{message}");
+                    self.publish_conflict(&message).await;
+                }
+                troubles.push(trouble(key, "Conflict", message));
+                blocked.insert(key.clone());
+                continue;
+            }
+            let (obj, hash) = with_hash(svc.clone());
+            let same = live.as_deref().and_then(applied_hash) == Some(hash.as_str());
+            if !same && !self.recently(false, key, &hash) {
+                ops.push((hash, Op::ApplyService(Box::new(obj))));
+            }
+        }
+        self.conflicts_reported
+            .retain(|k| troubles.iter().any(|t| t.namespace == k.0 && t.name == k.1));
+        for (key, slice) in &desired.slices {
+            let svc = labels::slice_service(slice).unwrap_or_default();
+            if blocked.contains(&(key.0.clone(), svc.to_string())) {
+                continue;
+            }
+            let (obj, hash) = with_hash(slice.clone());
+            let live = self
+                .shared
+                .slices
+                .get(&ObjectRef::new(&key.1).within(&key.0));
+            let same = live.as_deref().and_then(applied_hash) == Some(hash.as_str());
+            if !same && !self.recently(true, key, &hash) {
+                ops.push((hash, Op::ApplySlice(Box::new(obj))));
+            }
+        }
+        // Orphans: what this Link owns here and no longer wants.
+        for live in self.shared.services.state() {
+            let key = key_of(&*live);
+            if owned_by(&self.cfg, &*live)
+                && !desired.services.contains_key(&key)
+                && !self.recently(false, &key, "")
+            {
+                ops.push((String::new(), Op::DeleteService(key)));
+            }
+        }
+        for live in self.shared.slices.state() {
+            let key = key_of(&*live);
+            if owned_by(&self.cfg, &*live)
+                && !desired.slices.contains_key(&key)
+                && !self.recently(true, &key, "")
+            {
+                ops.push((String::new(), Op::DeleteSlice(key)));
+            }
+        }
+
+        if !ops.is_empty() {
+            tracing::debug!(link = %self.cfg.name, writes = ops.len(), "reconciling");
+        }
+        let results = self.write_all(ops).await;
+        for (slice, key, hash, result) in results {
+            match result {
+                Ok(()) => {
+                    self.recent.insert((slice, key), (hash, Instant::now()));
+                }
+                Err((reason, message)) => {
+                    self.shared
+                        .metrics
+                        .error(&self.cfg.name, reason.metric_label());
+                    tracing::warn!(link = %self.cfg.name, object = %format!("{}/{}", key.0, key.1), "{message}");
+                    troubles.push(trouble(&key, reason.as_str(), message));
+                }
+            }
+        }
+        self.recent.retain(|_, (_, at)| at.elapsed() < WATCH_LAG);
+        troubles.sort();
+        troubles.dedup();
+        let counts = mirrored_counts(&desired, &troubles);
+        self.shared
+            .metrics
+            .set_counts(&self.cfg.name, &counts, troubles.len());
+
+        let st = status::build(
+            &self.link,
+            self.last_status.as_ref(),
+            &counts,
+            troubles,
+            &self.health.borrow(),
+            self.cfg
+                .gateway_mode()
+                .then(|| (*self.gateway_alive.borrow(), self.probe_error.clone())),
+        );
+        write_status(&self.shared, &self.link, &mut self.last_status, st).await;
+    }
+
+    async fn publish_conflict(&self, message: &str) {
+        if self.shared.dry_run.is_some() {
+            return;
+        }
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: "Conflict".into(),
+            note: Some(message.to_string()),
+            action: "Mirror".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &self.link.object_ref(&())).await {
+            tracing::warn!(error = %e, "cannot publish an Event");
+        }
+    }
+
+    /// Sends the writes, a bounded number at a time across all Links.
+    async fn write_all(
+        &self,
+        ops: Vec<(String, Op)>,
+    ) -> Vec<(bool, ObjKey, String, Result<(), (WriteError, String)>)> {
+        let shared = &self.shared;
+        let link = self.cfg.name.as_str();
+        futures::stream::iter(ops)
+            .map(|(hash, op)| async move {
+                let (slice, key) = match &op {
+                    Op::ApplyService(s) => (false, key_of(&**s)),
+                    Op::ApplySlice(s) => (true, key_of(&**s)),
+                    Op::DeleteService(k) => (false, k.clone()),
+                    Op::DeleteSlice(k) => (true, k.clone()),
+                };
+                let result = write(shared, link, op).await;
+                (slice, key, hash, result)
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await
+    }
+}
+
+/// Counts of what is mirrored: the desired mirrors less those in trouble.
+fn mirrored_counts(
+    desired: &Desired,
+    troubles: &[MirrorTrouble],
+) -> crate::k8s::link::MirroredServices {
+    let mut counts = desired.counts.clone();
+    for t in troubles {
+        let Some(svc) = desired.services.get(&(t.namespace.clone(), t.name.clone())) else {
+            continue;
+        };
+        let l = svc.metadata.labels.as_ref();
+        let has = |k: &str| l.is_some_and(|l| l.contains_key(k));
+        let n = if has(labels::MC_REMOTE_DISCOVERY) {
+            &mut counts.remote_discovery
+        } else if has(labels::HEADLESS_MIRROR_SVC_NAME) {
+            &mut counts.headless_endpoints
+        } else {
+            &mut counts.gateway
+        };
+        *n = n.saturating_sub(1);
+    }
+    counts
+}
+
+fn trouble(key: &ObjKey, reason: &str, message: String) -> MirrorTrouble {
+    MirrorTrouble {
+        namespace: key.0.clone(),
+        name: key.1.clone(),
+        reason: reason.into(),
+        message,
+    }
+}
+
+/// Why a write failed, as a bounded metric label and a status reason.
+#[derive(Clone, Copy, Debug)]
+enum WriteError {
+    NamespaceMissing,
+    ApplyFailed,
+}
+
+impl WriteError {
+    fn as_str(self) -> &'static str {
+        match self {
+            WriteError::NamespaceMissing => "NamespaceMissing",
+            WriteError::ApplyFailed => "ApplyFailed",
+        }
+    }
+    fn metric_label(self) -> &'static str {
+        match self {
+            WriteError::NamespaceMissing => "namespace_missing",
+            WriteError::ApplyFailed => "apply_failed",
+        }
+    }
+}
+
+async fn write(shared: &Shared, link: &str, op: Op) -> Result<(), (WriteError, String)> {
+    if let Some(dry) = &shared.dry_run {
+        let mut dry = dry.lock();
+        match &op {
+            Op::ApplyService(s) => dry.apply.push(serde_json::to_value(s).unwrap_or_default()),
+            Op::ApplySlice(s) => dry.apply.push(serde_json::to_value(s).unwrap_or_default()),
+            Op::DeleteService(_) | Op::DeleteSlice(_) => dry.delete.push(op.describe()),
+        }
+        return Ok(());
+    }
+    let _permit = shared.writes.acquire().await;
+    let what = op.describe();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let client = shared.client.clone();
+    let (verb, result) = match op {
+        Op::ApplyService(s) => {
+            let api: Api<Service> = Api::namespaced(client, &ns_of(&*s));
+            let result = api.patch(&s.name_any(), &params, &Patch::Apply(&*s)).await;
+            // A Service that changed between headless and not cannot be patched: recreate.
+            if let Err(kube::Error::Api(e)) = &result
+                && e.code == 422
+            {
+                let _ = api.delete(&s.name_any(), &DeleteParams::default()).await;
+            }
+            ("apply", result.map(drop))
+        }
+        Op::ApplySlice(s) => {
+            let api: Api<EndpointSlice> = Api::namespaced(client, &ns_of(&*s));
+            let result = api.patch(&s.name_any(), &params, &Patch::Apply(&*s)).await;
+            ("apply", result.map(drop))
+        }
+        Op::DeleteService((ns, name)) => {
+            let api: Api<Service> = Api::namespaced(client, &ns);
+            (
+                "delete",
+                api.delete(&name, &DeleteParams::default()).await.map(drop),
+            )
+        }
+        Op::DeleteSlice((ns, name)) => {
+            let api: Api<EndpointSlice> = Api::namespaced(client, &ns);
+            (
+                "delete",
+                api.delete(&name, &DeleteParams::default()).await.map(drop),
+            )
+        }
+    };
+    shared.metrics.write(link, verb);
+    match result {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 && verb == "delete" => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Err((
+            WriteError::NamespaceMissing,
+            format!("cannot write {what}: {}", e.message),
+        )),
+        Err(e) => Err((WriteError::ApplyFailed, format!("cannot write {what}: {e}"))),
+    }
+}
+
+/// Writes the Link's status when it differs from what was last written.
+async fn write_status(
+    shared: &Shared,
+    link: &Link,
+    last: &mut Option<crate::k8s::link::LinkStatus>,
+    status: crate::k8s::link::LinkStatus,
+) {
+    if last.as_ref() == Some(&status) || shared.dry_run.is_some() {
+        return;
+    }
+    let api: Api<Link> = Api::namespaced(shared.client.clone(), &ns_of(link));
+    let patch = serde_json::json!({ "status": status });
+    let _permit = shared.writes.acquire().await;
+    match api
+        .patch_status(
+            &link.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            shared.metrics.write(&link.name_any(), "status");
+            *last = Some(status);
+        }
+        Err(e) => {
+            shared.metrics.error(&link.name_any(), "status_write");
+            tracing::warn!(link = %link.name_any(), error = %e, "cannot write the Link's status");
+        }
+    }
+}
+
+/// Deletes every object a Link owns (it is going away). Lists by label so that objects
+/// made by an earlier process are found too.
+pub async fn remove_all(client: &Client, link_ns: &str, link_name: &str) -> kube::Result<usize> {
+    let selector = format!(
+        "{}={link_name},{}={link_ns}",
+        labels::MESHLINK_LINK,
+        labels::MESHLINK_LINK_NAMESPACE
+    );
+    let lp = kube::api::ListParams::default().labels(&selector);
+    let mut n = 0;
+    let slices: Api<EndpointSlice> = Api::all(client.clone());
+    for s in slices.list(&lp).await?.items {
+        let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns_of(&s));
+        ignore_404(
+            api.delete(&s.name_any(), &DeleteParams::default())
+                .await
+                .map(drop),
+        )?;
+        n += 1;
+    }
+    let services: Api<Service> = Api::all(client.clone());
+    for s in services.list(&lp).await?.items {
+        let api: Api<Service> = Api::namespaced(client.clone(), &ns_of(&s));
+        ignore_404(
+            api.delete(&s.name_any(), &DeleteParams::default())
+                .await
+                .map(drop),
+        )?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn ignore_404(r: kube::Result<()>) -> kube::Result<()> {
+    match r {
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        r => r,
+    }
+}
+
+/// The time now, as Kubernetes writes it.
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}

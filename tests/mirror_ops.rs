@@ -1,0 +1,332 @@
+//! The service mirror's operations parts against real things: the gateway prober
+//! against an HTTP endpoint inside a network namespace the test makes (root needed),
+//! leader election and `meshlink check` against real API servers of
+//! `scripts/k8s-test-env.sh`, and the mirror's RBAC from `deploy/`.
+
+mod k8s;
+mod mirror_support;
+mod support;
+
+use std::{net::SocketAddr, time::Duration};
+
+use k8s::Env;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Namespace};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use meshlink::mirror::{
+    lease::{LeaseSettings, spawn_leader_election},
+    probe::{ProbeMetrics, ProbeSpec, spawn_gateway_probe},
+};
+use mirror_support::{
+    netns::{NetNs, ProbeTarget},
+    proxy::Proxy,
+};
+use prometheus_client::{encoding::text::encode, registry::Registry};
+use serde_json::json;
+use tokio::sync::watch;
+
+/// How long a test waits for what it expects.
+const WAIT: Duration = Duration::from_secs(45);
+
+/// Waits until `check` holds, polling; panics naming `what` after [`WAIT`].
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {WAIT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the watch says `want`.
+async fn until_value(what: &str, rx: &mut watch::Receiver<bool>, want: bool) {
+    tokio::time::timeout(WAIT, rx.wait_for(|v| *v == want))
+        .await
+        .unwrap_or_else(|_| panic!("not within {WAIT:?}: {what}"))
+        .unwrap_or_else(|_| panic!("{what}: the task ended"));
+}
+
+fn scrape(registry: &Registry) -> String {
+    let mut text = String::new();
+    encode(&mut text, registry).expect("metrics encode");
+    text
+}
+
+/// The value of a sample line `name{labels} value` in a scrape.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+// --- the gateway prober ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_probe_turns_not_alive_after_the_threshold_and_alive_on_one_success() {
+    let ns = NetNs::create();
+    let [refusing, answering] = ns.ns_addrs;
+    let target = ProbeTarget::serve(ns.bind(SocketAddr::new(answering.into(), 4191)));
+    let mut registry = Registry::default();
+    let metrics = ProbeMetrics::register(&mut registry);
+    let spec = ProbeSpec {
+        path: "/ready".into(),
+        port: 4191,
+        period: Duration::from_millis(100),
+        timeout: Duration::from_secs(2),
+        failure_threshold: 3,
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    // Nothing listens on the first address: alive while any address answers.
+    let addrs = vec![refusing.to_string(), answering.to_string()];
+    let mut alive = spawn_gateway_probe("west".into(), addrs, spec, metrics.clone(), stop_rx);
+    const ALIVE: &str = "gateway_alive{target_cluster=\"west\"}";
+    const PROBES: &str = "gateway_probe_latency_ms_count{target_cluster=\"west\"}";
+
+    until("two good probes are measured", || {
+        sample(&scrape(&registry), PROBES).unwrap_or(0.0) >= 2.0
+    })
+    .await;
+    assert!(*alive.borrow(), "alive while one address answers 200");
+    assert_eq!(sample(&scrape(&registry), ALIVE), Some(1.0));
+
+    // Failing, one answer at a time: the third failing request is held while the
+    // prober has counted two failures; it must still say alive.
+    target.set_failing(true);
+    target.allow_failures(2);
+    until("two 503s sent and a third request held", || {
+        target.failed() == 2 && target.waiting() == 1
+    })
+    .await;
+    assert!(*alive.borrow(), "alive after 2 of 3 failures");
+    assert_eq!(sample(&scrape(&registry), ALIVE), Some(1.0));
+    target.allow_failures(1);
+    until_value("not alive after the third failure", &mut alive, false).await;
+    assert_eq!(
+        target.failed(),
+        3,
+        "no failure beyond the threshold was needed"
+    );
+    assert_eq!(sample(&scrape(&registry), ALIVE), Some(0.0));
+
+    // One good answer makes it alive again.
+    target.set_failing(false);
+    until_value("alive after one success", &mut alive, true).await;
+    assert_eq!(sample(&scrape(&registry), ALIVE), Some(1.0));
+
+    // The network fails (probes time out or find no route), then comes back.
+    ns.set_link(false);
+    until_value(
+        "not alive while the gateway is unreachable",
+        &mut alive,
+        false,
+    )
+    .await;
+    assert_eq!(sample(&scrape(&registry), ALIVE), Some(0.0));
+    ns.set_link(true);
+    until_value(
+        "alive once the gateway is reachable again",
+        &mut alive,
+        true,
+    )
+    .await;
+    assert_eq!(sample(&scrape(&registry), ALIVE), Some(1.0));
+
+    // Stopping the prober removes its series.
+    stop.send_replace(true);
+    until("gateway_alive of west removed", || {
+        sample(&scrape(&registry), ALIVE).is_none()
+    })
+    .await;
+    assert_eq!(metrics.alive("west"), None);
+}
+
+// --- leader election ---
+
+/// A client of `cluster` that reaches its API server through a proxy the test can cut.
+async fn client_through(env: &Env, cluster: &str) -> (Client, Proxy) {
+    let file = Kubeconfig::read_from(env.kubeconfig(cluster)).expect("kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    let upstream: SocketAddr = config
+        .cluster_url
+        .authority()
+        .expect("server address")
+        .as_str()
+        .parse()
+        .expect("API server at an IP:port");
+    let proxy = Proxy::start(upstream).await;
+    config.cluster_url = format!("https://{}", proxy.addr).parse().expect("URL");
+    (Client::try_from(config).expect("client"), proxy)
+}
+
+async fn ensure_namespace(client: &Client, name: &str) {
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply(k8s::MANAGER),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+            ),
+        )
+        .await
+        .expect("namespace");
+}
+
+/// One replica taking part in the election.
+struct Replica {
+    name: &'static str,
+    leader: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+    proxy: Proxy,
+}
+
+async fn replica(env: &Env, name: &'static str) -> Replica {
+    let (client, proxy) = client_through(env, "local").await;
+    let (stop, stop_rx) = watch::channel(false);
+    let settings = LeaseSettings {
+        namespace: "linkerd".into(),
+        name: "meshlink-mirror".into(),
+        holder: name.into(),
+        lease_duration: Duration::from_secs(4),
+        renew_every: Duration::from_millis(500),
+    };
+    let leader = spawn_leader_election(client, settings, stop_rx);
+    Replica {
+        name,
+        leader,
+        stop,
+        proxy,
+    }
+}
+
+/// Holder and transitions of the Lease, as the API server has it.
+async fn lease_state(leases: &Api<Lease>) -> (Option<String>, i32, Option<String>) {
+    let lease = leases.get("meshlink-mirror").await.expect("get Lease");
+    let spec = lease.spec.unwrap_or_default();
+    (
+        spec.holder_identity,
+        spec.lease_transitions.unwrap_or(0),
+        spec.renew_time.map(|t| t.0.to_string()),
+    )
+}
+
+/// Waits until the holder has renewed the Lease `n` more times, checking on the way
+/// that it stays `holder`.
+async fn renewals(leases: &Api<Lease>, holder: &str, n: usize) {
+    let mut last = lease_state(leases).await.2;
+    let mut seen = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{holder} did not renew {n} times"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (now_holder, _, renewed) = lease_state(leases).await;
+        assert_eq!(
+            now_holder.as_deref(),
+            Some(holder),
+            "the Lease changed hands"
+        );
+        if renewed != last {
+            seen += 1;
+            last = renewed;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_one_leader_takeover_after_expiry_and_release() {
+    let env = Env::up(&["local"]).await;
+    let admin = env.admin("local").await;
+    ensure_namespace(&admin, "linkerd").await;
+    let leases = Api::<Lease>::namespaced(admin.clone(), "linkerd");
+    let a = replica(&env, "a").await;
+    let b = replica(&env, "b").await;
+
+    // Every change of either replica's view is checked: never two leaders at once.
+    let (mut ra, mut rb) = (a.leader.clone(), b.leader.clone());
+    let monitor = tokio::spawn(async move {
+        let mut history = vec![];
+        // A replica whose task ended keeps its last value.
+        let (mut a_on, mut b_on) = (true, true);
+        while a_on || b_on {
+            let snapshot = (*ra.borrow_and_update(), *rb.borrow_and_update());
+            assert!(
+                !(snapshot.0 && snapshot.1),
+                "two leaders at once: {history:?}"
+            );
+            if history.last() != Some(&snapshot) {
+                history.push(snapshot);
+            }
+            tokio::select! {
+                r = ra.changed(), if a_on => a_on = r.is_ok(),
+                r = rb.changed(), if b_on => b_on = r.is_ok(),
+            }
+        }
+        history
+    });
+
+    until("one replica leads", || {
+        *a.leader.borrow() || *b.leader.borrow()
+    })
+    .await;
+    let (leader, follower) = if *a.leader.borrow() {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert_eq!(lease_state(&leases).await.0.as_deref(), Some(leader.name));
+    renewals(&leases, leader.name, 3).await;
+    assert!(*leader.leader.borrow() && !*follower.leader.borrow());
+
+    // The leader loses the API server (its requests hang): it steps down by itself, and
+    // only then (the monitor checks) the other takes over, once the lease expired.
+    leader.proxy.set_cut(true);
+    let mut f = follower.leader.clone();
+    until_value("the follower takes over the expired lease", &mut f, true).await;
+    assert!(!*leader.leader.borrow(), "the cut-off leader stepped down");
+    let (holder, transitions, _) = lease_state(&leases).await;
+    assert_eq!(holder.as_deref(), Some(follower.name));
+    assert_eq!(transitions, 1);
+
+    // Reconnected, the old leader stays a follower while the new one renews.
+    leader.proxy.set_cut(false);
+    renewals(&leases, follower.name, 4).await;
+    assert!(!*leader.leader.borrow());
+
+    // The new leader shuts down and releases the Lease: the other acquires it.
+    follower.stop.send_replace(true);
+    let mut l = leader.leader.clone();
+    until_value(
+        "the other replica acquires the released lease",
+        &mut l,
+        true,
+    )
+    .await;
+    assert!(!*follower.leader.borrow());
+    let (holder, transitions, _) = lease_state(&leases).await;
+    assert_eq!(holder.as_deref(), Some(leader.name));
+    assert_eq!(transitions, 2);
+
+    leader.stop.send_replace(true);
+    let mut released = false;
+    until_value("the last leader stops leading", &mut l, false).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if lease_state(&leases).await.0.is_none() {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "the Lease is released on shutdown");
+    drop((a, b));
+    let history = monitor.await.expect("monitor");
+    println!("leadership (a, b) over time: {history:?}");
+}
