@@ -20,6 +20,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Resolve(args) => meshlink::client::resolve::run(args).await,
         Command::Link(args) => runtime::link::run(args).await,
+        Command::Check(args) => match runtime::check::run(args).await? {
+            true => Ok(()),
+            false => std::process::exit(1),
+        },
         Command::Crds => {
             print!("{}", meshlink::k8s::link::crd_yaml());
             Ok(())

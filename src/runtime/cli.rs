@@ -23,6 +23,8 @@ pub enum Command {
     Link(LinkArgs),
     /// Print the CustomResourceDefinitions meshlink reads (the Link).
     Crds,
+    /// Check the Links, their credentials, sync, gateways and mirrors; exit 1 on a problem.
+    Check(super::check::CheckArgs),
 }
 
 /// Log output format.
