@@ -69,3 +69,19 @@ pub fn slice_service(slice: &super::EndpointSlice) -> Option<&str> {
         .get(SLICE_SERVICE_NAME)
         .map(String::as_str)
 }
+
+/// Labels meshlink's service mirror puts on every object it creates, naming the Link that
+/// owns it (name and namespace); with `mirror.linkerd.io/mirrored-service` they mark ownership.
+pub const MESHLINK_LINK: &str = "meshlink.io/link";
+pub const MESHLINK_LINK_NAMESPACE: &str = "meshlink.io/link-namespace";
+/// Annotation on mirror objects: a hash of what the mirror last applied, so that a write
+/// that would change nothing is not sent (also after a restart).
+pub const MESHLINK_APPLIED_HASH: &str = "meshlink.io/applied-hash";
+/// Label on `<svc>-federated` Services written by meshlink (they belong to no one Link).
+pub const MESHLINK_FEDERATED: &str = "meshlink.io/federated";
+/// Finalizer on Links: the mirror removes what the Link created before it goes.
+pub const MIRROR_FINALIZER: &str = "meshlink.io/mirror-cleanup";
+/// EndpointSlice label naming the controller that manages the slice.
+pub const SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+/// Our value of `endpointslice.kubernetes.io/managed-by`.
+pub const SLICE_MANAGED_BY_MIRROR: &str = "meshlink.io/mirror";

@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{ByteString, apimachinery::pkg::apis::meta::v1::LabelSelector};
+use k8s_openapi::{
+    ByteString,
+    apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time},
+};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -20,6 +23,7 @@ use super::{ObjectMeta, Secret, labels};
     kind = "Link",
     plural = "links",
     namespaced,
+    status = "LinkStatus",
     doc = "A link from this cluster to a target cluster."
 )]
 #[serde(rename_all = "camelCase")]
@@ -84,6 +88,58 @@ pub struct ProbeSpec {
     /// Consecutive failures before the gateway counts as down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_threshold: Option<String>,
+}
+
+/// What the service mirror reports about a Link, on its status subresource. Kept small:
+/// counts, and one entry per service in trouble only (never one per mirrored service).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkStatus {
+    /// `TargetSynced`, `MirrorsReady` and (gateway mode) `GatewayAlive`, as metav1.Conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// How many mirrors of each kind exist.
+    #[serde(default)]
+    pub mirrored_services: MirroredServices,
+    /// Services that could not be mirrored, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub troubles: Vec<MirrorTrouble>,
+    /// The last successful full sync with the target cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+}
+
+/// Mirror counts by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MirroredServices {
+    /// Gateway-mode mirrors (headless ones included, their endpoint mirrors not).
+    #[serde(default)]
+    pub gateway: u32,
+    /// Remote-discovery mirrors.
+    #[serde(default)]
+    pub remote_discovery: u32,
+    /// Services of this target cluster that joined a `<svc>-federated` service.
+    #[serde(default)]
+    pub federated: u32,
+    /// Endpoint mirrors of headless services' hosts.
+    #[serde(default)]
+    pub headless_endpoints: u32,
+}
+
+/// One local mirror that could not be written.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub struct MirrorTrouble {
+    /// Namespace of the local mirror.
+    pub namespace: String,
+    /// Name of the local mirror.
+    pub name: String,
+    /// `Conflict`, `NamespaceMissing` or `ApplyFailed`.
+    pub reason: String,
+    /// What went wrong, for people.
+    pub message: String,
 }
 
 /// The CRD as YAML, as committed under `deploy/crds/link.yaml`.
@@ -256,5 +312,31 @@ mod tests {
         assert!(yaml.contains("scope: Namespaced"));
         assert!(yaml.contains("v1alpha3"));
         assert!(yaml.contains("federatedServiceSelector"));
+    }
+
+    #[test]
+    fn the_crd_has_the_status_subresource() {
+        let crd = <Link as kube::CustomResourceExt>::crd();
+        let version = &crd.spec.versions[0];
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "status writes need the status subresource"
+        );
+        let status = LinkStatus {
+            troubles: vec![MirrorTrouble {
+                namespace: "shop".into(),
+                name: "web-west".into(),
+                reason: "Conflict".into(),
+                message: "not ours".into(),
+            }],
+            ..LinkStatus::default()
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["mirroredServices"]["remoteDiscovery"], 0);
+        assert_eq!(json["troubles"][0]["reason"], "Conflict");
     }
 }
