@@ -9,16 +9,23 @@ mod support;
 
 use std::{net::SocketAddr, time::Duration};
 
-use k8s::Env;
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Namespace};
+use k8s::{Env, apply, apply_kustomization, apply_yaml, service_account_token};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Namespace, Secret, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use meshlink::mirror::{
-    lease::{LeaseSettings, spawn_leader_election},
-    probe::{ProbeMetrics, ProbeSpec, spawn_gateway_probe},
+use meshlink::{
+    k8s::link::{Link, LinkTarget},
+    mirror::{
+        lease::{LeaseSettings, spawn_leader_election},
+        probe::{ProbeMetrics, ProbeSpec, spawn_gateway_probe},
+    },
 };
 use mirror_support::{
     netns::{NetNs, ProbeTarget},
@@ -329,4 +336,227 @@ async fn leader_election_one_leader_takeover_after_expiry_and_release() {
     drop((a, b));
     let history = monitor.await.expect("monitor");
     println!("leadership (a, b) over time: {history:?}");
+}
+
+// --- meshlink check ---
+
+/// A gateway-mode Link to `cluster` with credentials Secret `secret` holding `kubeconfig`.
+async fn link_with_secret(local: &Client, cluster: &str, kubeconfig: &str) {
+    let target = LinkTarget {
+        cluster_name: cluster.into(),
+        namespace: "linkerd".into(),
+        trust_domain: format!("{cluster}.example"),
+        cluster_domain: "cluster.local".into(),
+        target_linkerd_namespace: "linkerd".into(),
+        gateway: Some(("192.0.2.10".into(), 4143, "gateway.example".into())),
+    };
+    let secret = serde_json::to_value(target.credentials_secret(kubeconfig)).expect("JSON");
+    apply::<Secret>(local, with_kind(secret, "v1", "Secret")).await;
+    let link = serde_json::to_value(target.link()).expect("JSON");
+    apply::<Link>(local, link).await;
+}
+
+fn with_kind(mut value: serde_json::Value, api_version: &str, kind: &str) -> serde_json::Value {
+    value["apiVersion"] = json!(api_version);
+    value["kind"] = json!(kind);
+    value
+}
+
+/// Writes a Link's status on the status subresource, as the mirror would.
+async fn link_status(local: &Client, name: &str, status: serde_json::Value) {
+    Api::<Link>::namespaced(local.clone(), "linkerd")
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .expect("status subresource");
+}
+
+fn condition(type_: &str, status: &str, reason: &str, message: &str) -> serde_json::Value {
+    json!({"type": type_, "status": status, "reason": reason, "message": message,
+        "lastTransitionTime": "2026-11-27T18:00:00Z"})
+}
+
+fn healthy_status(synced_ago: Duration) -> serde_json::Value {
+    let at = k8s_openapi::jiff::Timestamp::now() - synced_ago;
+    json!({
+        "conditions": [
+            condition("TargetSynced", "True", "Synced", ""),
+            condition("MirrorsReady", "True", "Ready", ""),
+            condition("GatewayAlive", "True", "Alive", ""),
+        ],
+        "mirroredServices": {"gateway": 1, "remoteDiscovery": 0, "federated": 0, "headlessEndpoints": 0},
+        "lastSyncTime": at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    })
+}
+
+/// A gateway mirror Service of `cluster`, with an EndpointSlice whose one endpoint is
+/// ready or not (addresses are only data here: nothing is sent to them).
+async fn gateway_mirror(local: &Client, name: &str, cluster: &str, ready: Option<bool>) {
+    apply::<Service>(
+        local,
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "shop", "name": name, "labels": {
+                "mirror.linkerd.io/mirrored-service": "true",
+                "mirror.linkerd.io/cluster-name": cluster}},
+            "spec": {"ports": [{"name": "http", "port": 8080}]}}),
+    )
+    .await;
+    if let Some(ready) = ready {
+        apply::<EndpointSlice>(
+            local,
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"namespace": "shop", "name": format!("{name}-gw"),
+                    "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["192.0.2.10"], "conditions": {"ready": ready}}],
+                "ports": [{"name": "http", "port": 4143}]}),
+        )
+        .await;
+    }
+}
+
+/// Runs the `meshlink` binary's `check`; returns its exit code and stdout.
+async fn meshlink_check(env: &Env, output: &str) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlink"))
+        .args(["check", "--kubeconfig"])
+        .arg(env.kubeconfig("local"))
+        .args(["--timeout", "5s", "-o", output])
+        .output()
+        .await
+        .expect("run meshlink check");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !stdout.is_empty(),
+        "meshlink check printed no report: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().expect("exit code"), stdout)
+}
+
+/// The `(link, check)` pairs of the problems a JSON report lists.
+fn json_problems(stdout: &str) -> Vec<(String, String, String)> {
+    let report: serde_json::Value = serde_json::from_str(stdout).expect("JSON report");
+    let mut problems: Vec<_> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["status"] == "problem")
+        .map(|c| {
+            (
+                c["link"].as_str().unwrap_or_default().to_string(),
+                c["check"].as_str().unwrap_or_default().to_string(),
+                c["detail"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    problems.sort();
+    problems
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_each_problem_and_exits_1_and_0_when_all_is_fine() {
+    let env = Env::up(&["local", "west"]).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let local = env.admin("local").await;
+    let west = env.admin("west").await;
+    ensure_namespace(&local, "linkerd").await;
+    ensure_namespace(&local, "shop").await;
+    apply_yaml(
+        &local,
+        &std::fs::read_to_string(root.join("deploy/crds/link.yaml")).expect("CRD"),
+    )
+    .await;
+    apply_kustomization(&west, &root.join("deploy/remote-access")).await;
+
+    // A healthy Link: west reads with a token of deploy/remote-access's account.
+    let token = service_account_token(&west, "linkerd", "meshlink-remote-access").await;
+    let kubeconfig = std::fs::read_to_string(env.token_kubeconfig("west", &token, "west.kc"))
+        .expect("kubeconfig");
+    link_with_secret(&local, "west", &kubeconfig).await;
+    link_status(&local, "west", healthy_status(Duration::from_secs(30))).await;
+    gateway_mirror(&local, "web-west", "west", Some(true)).await;
+
+    let (code, table) = meshlink_check(&env, "table").await;
+    println!("{table}");
+    assert_eq!(code, 0, "all fine: exit 0\n{table}");
+    assert!(table.ends_with("\nall checks passed\n"), "{table}");
+    assert!(table.contains("west  target API"), "{table}");
+
+    // Now break one thing per Link, and west's status and mirrors.
+    link_with_secret(&local, "east", "this: [is not a kubeconfig").await;
+    link_with_secret(&local, "north", &kubeconfig.replace(&token, "not-a-token")).await;
+    link_with_secret(&local, "south", &kubeconfig).await;
+    Api::<Secret>::namespaced(local.clone(), "linkerd")
+        .delete("cluster-credentials-south", &Default::default())
+        .await
+        .expect("delete Secret");
+    let mut stale = healthy_status(Duration::from_secs(600));
+    stale["conditions"][1] = condition("MirrorsReady", "False", "Conflict", "1 conflict");
+    stale["conditions"][2] = condition("GatewayAlive", "False", "ProbeFailing", "3 failures");
+    stale["troubles"] = json!([{"namespace": "shop", "name": "api-west", "reason": "Conflict",
+        "message": "a Service shop/api-west exists that meshlink does not own; left untouched"}]);
+    link_status(&local, "west", stale).await;
+    gateway_mirror(&local, "db-west", "west", Some(false)).await;
+    gateway_mirror(&local, "cache-west", "west", None).await;
+
+    let (code, stdout) = meshlink_check(&env, "json").await;
+    assert_eq!(code, 1, "problems: exit 1\n{stdout}");
+    let problems = json_problems(&stdout);
+    let pairs: Vec<(&str, &str)> = problems
+        .iter()
+        .map(|(l, c, _)| (l.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("east", "credentials"),
+            ("east", "last sync"),
+            ("north", "last sync"),
+            ("north", "target API"),
+            ("south", "credentials"),
+            ("south", "last sync"),
+            ("west", "conflicts"),
+            ("west", "gateway alive"),
+            ("west", "last sync"),
+            ("west", "mirror endpoints"),
+        ],
+        "{problems:#?}"
+    );
+    let detail = |link: &str, check: &str| {
+        problems
+            .iter()
+            .find(|p| p.0 == link && p.1 == check)
+            .map(|p| p.2.clone())
+            .unwrap_or_default()
+    };
+    assert!(detail("east", "credentials").contains("does not parse"));
+    assert!(
+        detail("north", "target API").contains("refuses"),
+        "{problems:#?}"
+    );
+    assert!(detail("south", "credentials").contains("does not exist"));
+    assert!(detail("west", "last sync").contains("stale after 5m"));
+    assert!(detail("west", "gateway alive").contains("ProbeFailing"));
+    assert!(detail("west", "conflicts").starts_with("shop/api-west: Conflict"));
+    assert!(detail("west", "mirror endpoints").contains(
+        "2 of 3 gateway mirror(s) have no ready endpoint: shop/cache-west, shop/db-west"
+    ));
+
+    // The table ends with the same problems, one line each.
+    let (code, table) = meshlink_check(&env, "table").await;
+    println!("{table}");
+    assert_eq!(code, 1);
+    let (_, tail) = table
+        .split_once("\n10 problems:\n")
+        .expect("problem summary");
+    assert_eq!(tail.lines().count(), 10, "{table}");
+    assert!(
+        tail.contains(
+            "  ✗ link south: credentials: Secret linkerd/cluster-credentials-south does not exist\n"
+        ),
+        "{table}"
+    );
 }

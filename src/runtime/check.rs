@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use k8s_openapi::{
     api::{core::v1::Secret, core::v1::Service, discovery::v1::EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::Condition,
     jiff::Timestamp,
 };
 use kube::{
@@ -23,12 +24,12 @@ use kube::{
     api::{ApiResource, DynamicObject, ListParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{
     k8s::{
         labels,
-        link::{Link, LinkSpec},
+        link::{Link, LinkSpec, LinkStatus},
     },
     mirror::probe::ProbeSpec,
 };
@@ -115,11 +116,18 @@ pub enum Status {
 
 impl CheckRow {
     fn new(link: &str, check: &'static str, status: Status, detail: impl Into<String>) -> Self {
+        // One line per row: parser errors may add lines pointing at the input.
+        let detail = detail.into();
+        let detail = detail
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("");
         Self {
             link: link.to_string(),
             check,
             status,
-            detail: detail.into(),
+            detail: detail.to_string(),
         }
     }
 }
@@ -276,7 +284,7 @@ pub struct LinkFacts {
     /// Its spec, or why it does not parse.
     pub spec: Result<LinkSpec, String>,
     /// Its status, or why it does not parse (None: no status yet).
-    pub status: Result<Option<LinkStatusView>, String>,
+    pub status: Result<Option<LinkStatus>, String>,
     /// `namespace/name` of the credentials Secret, and what became of reading it.
     pub secret: String,
     /// The target cluster's API server address from the kubeconfig, or why there is none.
@@ -286,45 +294,6 @@ pub struct LinkFacts {
     /// Gateway mirrors of this Link's cluster: `namespace/name` and whether any of their
     /// EndpointSlices holds a ready endpoint. Err when they could not be listed.
     pub gateway_mirrors: Result<BTreeMap<String, bool>, String>,
-}
-
-/// The fields of a Link's status that `check` reads.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LinkStatusView {
-    #[serde(default)]
-    pub conditions: Vec<ConditionView>,
-    #[serde(default)]
-    pub troubles: Vec<TroubleView>,
-    #[serde(default)]
-    pub last_sync_time: Option<String>,
-    #[serde(default)]
-    pub mirrored_services: Option<BTreeMap<String, i64>>,
-}
-
-/// A status condition (metav1.Condition).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-pub struct ConditionView {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub status: String,
-    #[serde(default)]
-    pub reason: Option<String>,
-    #[serde(default)]
-    pub message: Option<String>,
-}
-
-/// A service in trouble.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-pub struct TroubleView {
-    #[serde(default)]
-    pub namespace: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub reason: String,
-    #[serde(default)]
-    pub message: Option<String>,
 }
 
 async fn gather(
@@ -343,7 +312,7 @@ async fn gather(
         .map_err(|e| format!("spec does not parse: {e}"));
     let status = match obj.data.get("status") {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v) => serde_json::from_value::<LinkStatusView>(v.clone())
+        Some(v) => serde_json::from_value::<LinkStatus>(v.clone())
             .map(Some)
             .map_err(|e| format!("status does not parse: {e}")),
     };
@@ -599,46 +568,44 @@ fn judge_spec(link: &str, spec: &LinkSpec) -> CheckRow {
     row(Status::Ok, format!("target cluster {cluster}; {modes}"))
 }
 
-fn condition<'a>(status: &'a LinkStatusView, type_: &str) -> Option<&'a ConditionView> {
+fn condition<'a>(status: &'a LinkStatus, type_: &str) -> Option<&'a Condition> {
     status.conditions.iter().find(|c| c.type_ == type_)
 }
 
-fn describe(c: &ConditionView) -> String {
+fn describe(c: &Condition) -> String {
     let mut out = format!("{} {}", c.type_, c.status);
-    if let Some(reason) = c.reason.as_deref().filter(|r| !r.is_empty()) {
-        out += &format!(" ({reason})");
+    if !c.reason.is_empty() {
+        out += &format!(" ({})", c.reason);
     }
-    if let Some(message) = c.message.as_deref().filter(|m| !m.is_empty()) {
-        out += &format!(": {message}");
+    if !c.message.is_empty() {
+        out += &format!(": {}", c.message);
     }
     out
 }
 
-fn judge_sync(
-    link: &str,
-    status: &LinkStatusView,
-    now: Timestamp,
-    stale_after: Duration,
-) -> CheckRow {
+fn judge_sync(link: &str, status: &LinkStatus, now: Timestamp, stale_after: Duration) -> CheckRow {
     let row = |status, detail: String| CheckRow::new(link, "last sync", status, detail);
     let synced = condition(status, TARGET_SYNCED);
     let failing = synced.filter(|c| c.status != "True").map(describe);
-    let Some(last) = status.last_sync_time.as_deref() else {
+    let Some(at) = status.last_sync_time.as_ref().map(|t| t.0) else {
         let why = failing.unwrap_or_else(|| "no status.lastSyncTime".into());
         return row(Status::Problem, format!("never synced: {why}"));
-    };
-    let Ok(at) = last.parse::<Timestamp>() else {
-        return row(
-            Status::Problem,
-            format!("status.lastSyncTime {last:?} is not a time"),
-        );
     };
     let age = Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO);
     let age_text = humantime::format_duration(Duration::from_secs(age.as_secs()));
     let stale = age > stale_after;
-    let detail = format!("{last} ({age_text} ago)");
+    let detail = format!("{at} ({age_text} ago)");
     match (stale, failing) {
-        (false, None) => row(Status::Ok, detail),
+        (false, None) => {
+            let m = &status.mirrored_services;
+            row(
+                Status::Ok,
+                format!(
+                    "{detail}; mirrors: {} gateway, {} remote-discovery, {} federated, {} headless endpoints",
+                    m.gateway, m.remote_discovery, m.federated, m.headless_endpoints
+                ),
+            )
+        }
         (true, None) => row(
             Status::Problem,
             format!(
@@ -654,7 +621,7 @@ fn judge_mirrors(
     link: &str,
     spec: &LinkSpec,
     facts: &LinkFacts,
-    status: Option<&LinkStatusView>,
+    status: Option<&LinkStatus>,
 ) -> Vec<CheckRow> {
     let row = |check, status, detail: String| CheckRow::new(link, check, status, detail);
     let mut rows = vec![];
@@ -687,7 +654,9 @@ fn judge_mirrors(
                 .filter(|(_, ready)| !**ready)
                 .map(|(name, _)| name.as_str())
                 .collect();
-            if empty.is_empty() {
+            if mirrors.is_empty() {
+                row("mirror endpoints", Status::Ok, "no gateway mirrors".into())
+            } else if empty.is_empty() {
                 row(
                     "mirror endpoints",
                     Status::Ok,
@@ -724,8 +693,8 @@ fn judge_mirrors(
     };
     for t in &status.troubles {
         let mut detail = format!("{}/{}: {}", t.namespace, t.name, t.reason);
-        if let Some(message) = t.message.as_deref().filter(|m| !m.is_empty()) {
-            detail += &format!(": {message}");
+        if !t.message.is_empty() {
+            detail += &format!(": {}", t.message);
         }
         rows.push(row("conflicts", Status::Problem, detail));
     }
@@ -744,9 +713,10 @@ fn judge_mirrors(
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 
     use super::*;
+    use crate::k8s::link::MirrorTrouble;
 
     const NOW: &str = "2026-11-27T19:00:00Z";
 
@@ -763,14 +733,14 @@ mod tests {
         LinkFacts {
             name: "west".into(),
             spec: Ok(gateway_link()),
-            status: Ok(Some(LinkStatusView {
+            status: Ok(Some(LinkStatus {
                 conditions: vec![
                     cond(TARGET_SYNCED, "True", "Synced"),
                     cond(MIRRORS_READY, "True", "Ready"),
                     cond(GATEWAY_ALIVE, "True", "Alive"),
                 ],
-                last_sync_time: Some("2026-11-27T18:59:00Z".into()),
-                ..LinkStatusView::default()
+                last_sync_time: Some(time("2026-11-27T18:59:00Z")),
+                ..LinkStatus::default()
             })),
             secret: "linkerd/cluster-credentials-west".into(),
             credentials: Ok("https://west.example:6443/".into()),
@@ -779,12 +749,18 @@ mod tests {
         }
     }
 
-    fn cond(type_: &str, status: &str, reason: &str) -> ConditionView {
-        ConditionView {
+    fn time(at: &str) -> Time {
+        Time(at.parse().unwrap())
+    }
+
+    fn cond(type_: &str, status: &str, reason: &str) -> Condition {
+        Condition {
             type_: type_.into(),
             status: status.into(),
-            reason: Some(reason.into()),
-            message: None,
+            reason: reason.into(),
+            message: String::new(),
+            last_transition_time: time(NOW),
+            observed_generation: None,
         }
     }
 
@@ -804,7 +780,7 @@ mod tests {
             .collect()
     }
 
-    fn status_mut(facts: &mut LinkFacts) -> &mut LinkStatusView {
+    fn status_mut(facts: &mut LinkFacts) -> &mut LinkStatus {
         facts.status.as_mut().unwrap().as_mut().unwrap()
     }
 
@@ -831,7 +807,7 @@ mod tests {
     #[test]
     fn a_stale_sync_and_an_unreachable_target_are_problems() {
         let mut facts = healthy();
-        status_mut(&mut facts).last_sync_time = Some("2026-11-27T18:50:00Z".into());
+        status_mut(&mut facts).last_sync_time = Some(time("2026-11-27T18:50:00Z"));
         let p = problems(&facts);
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].0, "last sync");
@@ -841,8 +817,8 @@ mod tests {
         );
 
         let mut facts = healthy();
-        status_mut(&mut facts).conditions[0] = ConditionView {
-            message: Some("connection refused".into()),
+        status_mut(&mut facts).conditions[0] = Condition {
+            message: "connection refused".into(),
             ..cond(TARGET_SYNCED, "False", "TargetUnreachable")
         };
         let p = problems(&facts);
@@ -880,11 +856,11 @@ mod tests {
         status.conditions[2] = cond(GATEWAY_ALIVE, "False", "ProbeFailing");
         status.conditions[1] = cond(MIRRORS_READY, "False", "Conflict");
         for name in ["web-east", "db-east"] {
-            status.troubles.push(TroubleView {
+            status.troubles.push(MirrorTrouble {
                 namespace: "shop".into(),
                 name: name.into(),
                 reason: "Conflict".into(),
-                message: Some("not ours; left untouched".into()),
+                message: "not ours; left untouched".into(),
             });
         }
         let p = problems(&facts);
