@@ -9,15 +9,18 @@ mod support;
 
 use std::{net::SocketAddr, time::Duration};
 
-use k8s::{Env, apply, apply_kustomization, apply_yaml, service_account_token};
+use k8s::{Env, apply, apply_kustomization, apply_yaml, service_account_token, token_client};
 use k8s_openapi::api::{
+    apps::v1::Deployment,
+    authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
     coordination::v1::Lease,
-    core::v1::{Namespace, Secret, Service},
+    core::v1::{Namespace, Pod, Secret, Service},
     discovery::v1::EndpointSlice,
+    policy::v1::PodDisruptionBudget,
 };
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
 use meshlink::{
@@ -559,4 +562,265 @@ async fn check_reports_each_problem_and_exits_1_and_0_when_all_is_fine() {
         ),
         "{table}"
     );
+}
+
+// --- deploy/ and the mirror's RBAC ---
+
+/// Whether the mirror's ServiceAccount may `verb` on `resource` (as `group/resource/sub`)
+/// in `namespace` (None: cluster-wide), asked of the API server's authorizer.
+async fn mirror_may(
+    admin: &Client,
+    verb: &str,
+    resource: &str,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> bool {
+    let (group, rest) = resource.split_once('/').unwrap_or(("", resource));
+    let (resource, sub) = rest
+        .split_once('/')
+        .map_or((rest, None), |(r, s)| (r, Some(s)));
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some("system:serviceaccount:linkerd:meshlink-mirror".into()),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                "system:serviceaccounts:linkerd".into(),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                subresource: sub.map(Into::into),
+                namespace: namespace.map(Into::into),
+                name: name.map(Into::into),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    Api::<SubjectAccessReview>::all(admin.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview")
+        .status
+        .is_some_and(|s| s.allowed)
+}
+
+fn forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> bool {
+    matches!(result, Err(kube::Error::Api(s)) if s.code == 403)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_is_accepted_and_the_mirror_account_may_do_exactly_what_it_needs() {
+    let env = Env::up(&["local"]).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let admin = env.admin("local").await;
+    apply_kustomization(&admin, &root.join("deploy")).await;
+    ensure_namespace(&admin, "shop").await;
+
+    // Both Deployments run two replicas, spread over nodes, under a disruption budget.
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), "linkerd");
+    for name in ["meshlink", "meshlink-mirror"] {
+        let d = deployments.get(name).await.expect("Deployment");
+        let spec = d.spec;
+        assert_eq!(spec.replicas, Some(2), "{name}");
+        let pod = spec.template.spec.expect("pod spec");
+        let anti = pod
+            .affinity
+            .and_then(|a| a.pod_anti_affinity)
+            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution)
+            .expect("pod anti-affinity");
+        assert_eq!(
+            anti[0].pod_affinity_term.topology_key,
+            "kubernetes.io/hostname"
+        );
+        let pdb = Api::<PodDisruptionBudget>::namespaced(admin.clone(), "linkerd")
+            .get(name)
+            .await
+            .expect("PodDisruptionBudget");
+        let selector = pdb
+            .spec
+            .and_then(|s| s.selector)
+            .and_then(|s| s.match_labels);
+        assert_eq!(
+            selector
+                .and_then(|l| l.get("app.kubernetes.io/name").cloned())
+                .as_deref(),
+            Some(name)
+        );
+    }
+    let mirror = deployments
+        .get("meshlink-mirror")
+        .await
+        .expect("Deployment");
+    let container = &mirror.spec.template.spec.expect("pod spec").containers[0];
+    assert_eq!(container.args.as_deref(), Some(&["mirror".to_string()][..]));
+
+    // Real requests with the mirror's token.
+    let token = service_account_token(&admin, "linkerd", "meshlink-mirror").await;
+    let mirror = token_client(&env, "local", &token).await;
+    let apply = PatchParams::apply("meshlink-mirror");
+    let services = Api::<Service>::namespaced(mirror.clone(), "shop");
+    services
+        .patch(
+            "web-west",
+            &apply,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web-west", "labels": {"mirror.linkerd.io/mirrored-service": "true"}},
+                "spec": {"ports": [{"name": "http", "port": 8080}]}})),
+        )
+        .await
+        .expect("the mirror writes a Service in the remote service's namespace");
+    Api::<EndpointSlice>::namespaced(mirror.clone(), "shop")
+        .patch(
+            "web-west-gw",
+            &apply,
+            &Patch::Apply(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "web-west-gw", "labels": {"kubernetes.io/service-name": "web-west"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["192.0.2.10"]}],
+                "ports": [{"name": "http", "port": 4143}]})),
+        )
+        .await
+        .expect("the mirror writes an EndpointSlice");
+    services
+        .delete("web-west", &Default::default())
+        .await
+        .expect("the mirror deletes its Service");
+
+    link_with_secret(&admin, "west", "apiVersion: v1\nkind: Config\n").await;
+    let links = Api::<Link>::namespaced(mirror.clone(), "linkerd");
+    links
+        .patch(
+            "west",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["meshlink.io/mirror-cleanup"]}})),
+        )
+        .await
+        .expect("the mirror adds its finalizer");
+    links
+        .patch_status(
+            "west",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": healthy_status(Duration::from_secs(1))})),
+        )
+        .await
+        .expect("the mirror writes Link status");
+    Api::<Secret>::namespaced(mirror.clone(), "linkerd")
+        .get("cluster-credentials-west")
+        .await
+        .expect("the mirror reads a credentials Secret in its namespace");
+    assert!(forbidden(
+        Api::<Secret>::namespaced(mirror.clone(), "linkerd")
+            .list(&ListParams::default())
+            .await
+    ));
+    assert!(forbidden(
+        Api::<Secret>::namespaced(mirror.clone(), "shop")
+            .get("anything")
+            .await
+    ));
+    assert!(forbidden(
+        Api::<Pod>::namespaced(mirror.clone(), "shop")
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "p"},
+                    "spec": {"containers": [{"name": "c", "image": "i"}]}}))
+                .expect("pod")
+            )
+            .await
+    ));
+
+    // The leader election runs under this RBAC.
+    let (stop, stop_rx) = watch::channel(false);
+    let settings = LeaseSettings {
+        namespace: "linkerd".into(),
+        name: "meshlink-mirror".into(),
+        holder: "meshlink-mirror-0".into(),
+        lease_duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(2),
+    };
+    let mut leader = spawn_leader_election(mirror.clone(), settings, stop_rx);
+    until_value("the mirror's account holds the Lease", &mut leader, true).await;
+    stop.send_replace(true);
+
+    // And the authorizer agrees on the rest, namespace by namespace.
+    for (verb, resource, ns, name) in [
+        ("create", "services", Some("any-namespace"), None),
+        (
+            "delete",
+            "discovery.k8s.io/endpointslices",
+            Some("any-namespace"),
+            None,
+        ),
+        ("watch", "services", None, None),
+        ("list", "namespaces", None, None),
+        (
+            "update",
+            "multicluster.linkerd.io/links/status",
+            Some("linkerd"),
+            None,
+        ),
+        (
+            "update",
+            "multicluster.linkerd.io/links/finalizers",
+            Some("linkerd"),
+            None,
+        ),
+        ("create", "events.k8s.io/events", Some("linkerd"), None),
+        (
+            "update",
+            "coordination.k8s.io/leases",
+            Some("linkerd"),
+            Some("meshlink-mirror"),
+        ),
+    ] {
+        assert!(
+            mirror_may(&admin, verb, resource, ns, name).await,
+            "the mirror may {verb} {resource} in {ns:?} {name:?}"
+        );
+    }
+    for (verb, resource, ns, name) in [
+        ("get", "secrets", Some("shop"), None),
+        ("list", "secrets", Some("linkerd"), None),
+        ("watch", "secrets", Some("linkerd"), None),
+        ("update", "secrets", Some("linkerd"), None),
+        ("create", "pods", Some("linkerd"), None),
+        ("update", "apps/deployments", Some("linkerd"), None),
+        ("get", "configmaps", Some("linkerd"), None),
+        (
+            "update",
+            "multicluster.linkerd.io/links/status",
+            Some("shop"),
+            None,
+        ),
+        (
+            "update",
+            "multicluster.linkerd.io/links",
+            Some("shop"),
+            None,
+        ),
+        (
+            "delete",
+            "multicluster.linkerd.io/links",
+            Some("linkerd"),
+            None,
+        ),
+        (
+            "update",
+            "coordination.k8s.io/leases",
+            Some("linkerd"),
+            Some("someone-else"),
+        ),
+        ("create", "coordination.k8s.io/leases", Some("shop"), None),
+        ("create", "events.k8s.io/events", Some("shop"), None),
+        ("delete", "namespaces", None, None),
+    ] {
+        assert!(
+            !mirror_may(&admin, verb, resource, ns, name).await,
+            "the mirror may not {verb} {resource} in {ns:?} {name:?}"
+        );
+    }
 }
