@@ -595,7 +595,10 @@ mod tests {
         probe_address("localhost", &spec).await.unwrap();
         let request = server.await.unwrap();
         assert!(request.starts_with("GET /health HTTP/1.1\r\n"), "{request}");
-        assert!(request.contains(&format!("Host: localhost:{port}\r\n")), "{request}");
+        assert!(
+            request.contains(&format!("Host: localhost:{port}\r\n")),
+            "{request}"
+        );
     }
 
     #[test]
