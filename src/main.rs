@@ -22,6 +22,10 @@ async fn main() -> anyhow::Result<()> {
             runtime::init_tracing(args.log_format, &args.log_level)?;
             runtime::mirror::run(args).await
         }
+        Command::Check(args) => match runtime::check::run(args).await? {
+            true => Ok(()),
+            false => std::process::exit(1),
+        },
         Command::Crds => {
             print!("{}", meshlink::k8s::link::crd_yaml());
             Ok(())

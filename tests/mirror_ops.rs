@@ -9,16 +9,26 @@ mod support;
 
 use std::{net::SocketAddr, time::Duration};
 
-use k8s::Env;
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Namespace};
+use k8s::{Env, apply, apply_kustomization, apply_yaml, service_account_token, token_client};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
+    coordination::v1::Lease,
+    core::v1::{Namespace, Pod, Secret, Service},
+    discovery::v1::EndpointSlice,
+    policy::v1::PodDisruptionBudget,
+};
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use meshlink::mirror::{
-    lease::{LeaseSettings, spawn_leader_election},
-    probe::{ProbeMetrics, ProbeSpec, spawn_gateway_probe},
+use meshlink::{
+    k8s::link::{Link, LinkTarget},
+    mirror::{
+        lease::{LeaseSettings, spawn_leader_election},
+        probe::{ProbeMetrics, ProbeSpec, spawn_gateway_probe},
+    },
 };
 use mirror_support::{
     netns::{NetNs, ProbeTarget},
@@ -329,4 +339,488 @@ async fn leader_election_one_leader_takeover_after_expiry_and_release() {
     drop((a, b));
     let history = monitor.await.expect("monitor");
     println!("leadership (a, b) over time: {history:?}");
+}
+
+// --- meshlink check ---
+
+/// A gateway-mode Link to `cluster` with credentials Secret `secret` holding `kubeconfig`.
+async fn link_with_secret(local: &Client, cluster: &str, kubeconfig: &str) {
+    let target = LinkTarget {
+        cluster_name: cluster.into(),
+        namespace: "linkerd".into(),
+        trust_domain: format!("{cluster}.example"),
+        cluster_domain: "cluster.local".into(),
+        target_linkerd_namespace: "linkerd".into(),
+        gateway: Some(("192.0.2.10".into(), 4143, "gateway.example".into())),
+    };
+    let secret = serde_json::to_value(target.credentials_secret(kubeconfig)).expect("JSON");
+    apply::<Secret>(local, with_kind(secret, "v1", "Secret")).await;
+    let link = serde_json::to_value(target.link()).expect("JSON");
+    apply::<Link>(local, link).await;
+}
+
+fn with_kind(mut value: serde_json::Value, api_version: &str, kind: &str) -> serde_json::Value {
+    value["apiVersion"] = json!(api_version);
+    value["kind"] = json!(kind);
+    value
+}
+
+/// Writes a Link's status on the status subresource, as the mirror would.
+async fn link_status(local: &Client, name: &str, status: serde_json::Value) {
+    Api::<Link>::namespaced(local.clone(), "linkerd")
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .expect("status subresource");
+}
+
+fn condition(type_: &str, status: &str, reason: &str, message: &str) -> serde_json::Value {
+    json!({"type": type_, "status": status, "reason": reason, "message": message,
+        "lastTransitionTime": "2026-11-27T18:00:00Z"})
+}
+
+fn healthy_status(synced_ago: Duration) -> serde_json::Value {
+    let at = k8s_openapi::jiff::Timestamp::now() - synced_ago;
+    json!({
+        "conditions": [
+            condition("TargetSynced", "True", "Synced", ""),
+            condition("MirrorsReady", "True", "Ready", ""),
+            condition("GatewayAlive", "True", "Alive", ""),
+        ],
+        "mirroredServices": {"gateway": 1, "remoteDiscovery": 0, "federated": 0, "headlessEndpoints": 0},
+        "lastSyncTime": at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    })
+}
+
+/// A gateway mirror Service of `cluster`, with an EndpointSlice whose one endpoint is
+/// ready or not (addresses are only data here: nothing is sent to them).
+async fn gateway_mirror(local: &Client, name: &str, cluster: &str, ready: Option<bool>) {
+    apply::<Service>(
+        local,
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "shop", "name": name, "labels": {
+                "mirror.linkerd.io/mirrored-service": "true",
+                "mirror.linkerd.io/cluster-name": cluster}},
+            "spec": {"ports": [{"name": "http", "port": 8080}]}}),
+    )
+    .await;
+    if let Some(ready) = ready {
+        apply::<EndpointSlice>(
+            local,
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"namespace": "shop", "name": format!("{name}-gw"),
+                    "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["192.0.2.10"], "conditions": {"ready": ready}}],
+                "ports": [{"name": "http", "port": 4143}]}),
+        )
+        .await;
+    }
+}
+
+/// Runs the `meshlink` binary's `check`; returns its exit code and stdout.
+async fn meshlink_check(env: &Env, output: &str) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlink"))
+        .args(["check", "--kubeconfig"])
+        .arg(env.kubeconfig("local"))
+        .args(["--timeout", "5s", "-o", output])
+        .output()
+        .await
+        .expect("run meshlink check");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !stdout.is_empty(),
+        "meshlink check printed no report: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().expect("exit code"), stdout)
+}
+
+/// The `(link, check)` pairs of the problems a JSON report lists.
+fn json_problems(stdout: &str) -> Vec<(String, String, String)> {
+    let report: serde_json::Value = serde_json::from_str(stdout).expect("JSON report");
+    let mut problems: Vec<_> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["status"] == "problem")
+        .map(|c| {
+            (
+                c["link"].as_str().unwrap_or_default().to_string(),
+                c["check"].as_str().unwrap_or_default().to_string(),
+                c["detail"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    problems.sort();
+    problems
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_each_problem_and_exits_1_and_0_when_all_is_fine() {
+    let env = Env::up(&["local", "west"]).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let local = env.admin("local").await;
+    let west = env.admin("west").await;
+    ensure_namespace(&local, "linkerd").await;
+    ensure_namespace(&local, "shop").await;
+    apply_yaml(
+        &local,
+        &std::fs::read_to_string(root.join("deploy/crds/link.yaml")).expect("CRD"),
+    )
+    .await;
+    apply_kustomization(&west, &root.join("deploy/remote-access")).await;
+
+    // A healthy Link: west reads with a token of deploy/remote-access's account.
+    let token = service_account_token(&west, "linkerd", "meshlink-remote-access").await;
+    let kubeconfig = std::fs::read_to_string(env.token_kubeconfig("west", &token, "west.kc"))
+        .expect("kubeconfig");
+    link_with_secret(&local, "west", &kubeconfig).await;
+    link_status(&local, "west", healthy_status(Duration::from_secs(30))).await;
+    gateway_mirror(&local, "web-west", "west", Some(true)).await;
+
+    let (code, table) = meshlink_check(&env, "table").await;
+    println!("{table}");
+    assert_eq!(code, 0, "all fine: exit 0\n{table}");
+    assert!(table.ends_with("\nall checks passed\n"), "{table}");
+    assert!(table.contains("west  target API"), "{table}");
+
+    // Now break one thing per Link, and west's status and mirrors.
+    link_with_secret(&local, "east", "this: [is not a kubeconfig").await;
+    link_with_secret(&local, "north", &kubeconfig.replace(&token, "not-a-token")).await;
+    link_with_secret(&local, "south", &kubeconfig).await;
+    Api::<Secret>::namespaced(local.clone(), "linkerd")
+        .delete("cluster-credentials-south", &Default::default())
+        .await
+        .expect("delete Secret");
+    let mut stale = healthy_status(Duration::from_secs(600));
+    stale["conditions"][1] = condition("MirrorsReady", "False", "Conflict", "1 conflict");
+    stale["conditions"][2] = condition("GatewayAlive", "False", "ProbeFailing", "3 failures");
+    stale["troubles"] = json!([{"namespace": "shop", "name": "api-west", "reason": "Conflict",
+        "message": "a Service shop/api-west exists that meshlink does not own; left untouched"}]);
+    link_status(&local, "west", stale).await;
+    gateway_mirror(&local, "db-west", "west", Some(false)).await;
+    gateway_mirror(&local, "cache-west", "west", None).await;
+
+    let (code, stdout) = meshlink_check(&env, "json").await;
+    assert_eq!(code, 1, "problems: exit 1\n{stdout}");
+    let problems = json_problems(&stdout);
+    let pairs: Vec<(&str, &str)> = problems
+        .iter()
+        .map(|(l, c, _)| (l.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("east", "credentials"),
+            ("east", "last sync"),
+            ("north", "last sync"),
+            ("north", "target API"),
+            ("south", "credentials"),
+            ("south", "last sync"),
+            ("west", "conflicts"),
+            ("west", "gateway alive"),
+            ("west", "last sync"),
+            ("west", "mirror endpoints"),
+        ],
+        "{problems:#?}"
+    );
+    let detail = |link: &str, check: &str| {
+        problems
+            .iter()
+            .find(|p| p.0 == link && p.1 == check)
+            .map(|p| p.2.clone())
+            .unwrap_or_default()
+    };
+    assert!(detail("east", "credentials").contains("does not parse"));
+    assert!(
+        detail("north", "target API").contains("refuses"),
+        "{problems:#?}"
+    );
+    assert!(detail("south", "credentials").contains("does not exist"));
+    assert!(detail("west", "last sync").contains("stale after 5m"));
+    assert!(detail("west", "gateway alive").contains("ProbeFailing"));
+    assert!(detail("west", "conflicts").starts_with("shop/api-west: Conflict"));
+    assert!(detail("west", "mirror endpoints").contains(
+        "2 of 3 gateway mirror(s) have no ready endpoint: shop/cache-west, shop/db-west"
+    ));
+
+    // The table ends with the same problems, one line each.
+    let (code, table) = meshlink_check(&env, "table").await;
+    println!("{table}");
+    assert_eq!(code, 1);
+    let (_, tail) = table
+        .split_once("\n10 problems:\n")
+        .expect("problem summary");
+    assert_eq!(tail.lines().count(), 10, "{table}");
+    assert!(
+        tail.contains(
+            "  ✗ link south: credentials: Secret linkerd/cluster-credentials-south does not exist\n"
+        ),
+        "{table}"
+    );
+}
+
+// --- deploy/ and the mirror's RBAC ---
+
+/// Whether the mirror's ServiceAccount may `verb` on `resource` (as `group/resource/sub`)
+/// in `namespace` (None: cluster-wide), asked of the API server's authorizer.
+async fn mirror_may(
+    admin: &Client,
+    verb: &str,
+    resource: &str,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> bool {
+    let (group, rest) = resource.split_once('/').unwrap_or(("", resource));
+    let (resource, sub) = rest
+        .split_once('/')
+        .map_or((rest, None), |(r, s)| (r, Some(s)));
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some("system:serviceaccount:linkerd:meshlink-mirror".into()),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                "system:serviceaccounts:linkerd".into(),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                subresource: sub.map(Into::into),
+                namespace: namespace.map(Into::into),
+                name: name.map(Into::into),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    Api::<SubjectAccessReview>::all(admin.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview")
+        .status
+        .is_some_and(|s| s.allowed)
+}
+
+fn forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> bool {
+    matches!(result, Err(kube::Error::Api(s)) if s.code == 403)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_is_accepted_and_the_mirror_account_may_do_exactly_what_it_needs() {
+    let env = Env::up(&["local"]).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let admin = env.admin("local").await;
+    apply_kustomization(&admin, &root.join("deploy")).await;
+    ensure_namespace(&admin, "shop").await;
+
+    // Both Deployments run two replicas, spread over nodes, under a disruption budget.
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), "linkerd");
+    for name in ["meshlink", "meshlink-mirror"] {
+        let d = deployments.get(name).await.expect("Deployment");
+        let spec = d.spec;
+        assert_eq!(spec.replicas, Some(2), "{name}");
+        let pod = spec.template.spec.expect("pod spec");
+        let anti = pod
+            .affinity
+            .and_then(|a| a.pod_anti_affinity)
+            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution)
+            .expect("pod anti-affinity");
+        assert_eq!(
+            anti[0].pod_affinity_term.topology_key,
+            "kubernetes.io/hostname"
+        );
+        let pdb = Api::<PodDisruptionBudget>::namespaced(admin.clone(), "linkerd")
+            .get(name)
+            .await
+            .expect("PodDisruptionBudget");
+        let selector = pdb
+            .spec
+            .and_then(|s| s.selector)
+            .and_then(|s| s.match_labels);
+        assert_eq!(
+            selector
+                .and_then(|l| l.get("app.kubernetes.io/name").cloned())
+                .as_deref(),
+            Some(name)
+        );
+    }
+    let mirror = deployments
+        .get("meshlink-mirror")
+        .await
+        .expect("Deployment");
+    let container = &mirror.spec.template.spec.expect("pod spec").containers[0];
+    assert_eq!(container.args.as_deref(), Some(&["mirror".to_string()][..]));
+
+    // Real requests with the mirror's token.
+    let token = service_account_token(&admin, "linkerd", "meshlink-mirror").await;
+    let mirror = token_client(&env, "local", &token).await;
+    let apply = PatchParams::apply("meshlink-mirror");
+    let services = Api::<Service>::namespaced(mirror.clone(), "shop");
+    services
+        .patch(
+            "web-west",
+            &apply,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web-west", "labels": {"mirror.linkerd.io/mirrored-service": "true"}},
+                "spec": {"ports": [{"name": "http", "port": 8080}]}})),
+        )
+        .await
+        .expect("the mirror writes a Service in the remote service's namespace");
+    Api::<EndpointSlice>::namespaced(mirror.clone(), "shop")
+        .patch(
+            "web-west-gw",
+            &apply,
+            &Patch::Apply(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "web-west-gw", "labels": {"kubernetes.io/service-name": "web-west"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["192.0.2.10"]}],
+                "ports": [{"name": "http", "port": 4143}]})),
+        )
+        .await
+        .expect("the mirror writes an EndpointSlice");
+    services
+        .delete("web-west", &Default::default())
+        .await
+        .expect("the mirror deletes its Service");
+
+    link_with_secret(&admin, "west", "apiVersion: v1\nkind: Config\n").await;
+    let links = Api::<Link>::namespaced(mirror.clone(), "linkerd");
+    links
+        .patch(
+            "west",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["meshlink.io/mirror-cleanup"]}})),
+        )
+        .await
+        .expect("the mirror adds its finalizer");
+    links
+        .patch_status(
+            "west",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": healthy_status(Duration::from_secs(1))})),
+        )
+        .await
+        .expect("the mirror writes Link status");
+    Api::<Secret>::namespaced(mirror.clone(), "linkerd")
+        .get("cluster-credentials-west")
+        .await
+        .expect("the mirror reads a credentials Secret in its namespace");
+    assert!(forbidden(
+        Api::<Secret>::namespaced(mirror.clone(), "linkerd")
+            .list(&ListParams::default())
+            .await
+    ));
+    assert!(forbidden(
+        Api::<Secret>::namespaced(mirror.clone(), "shop")
+            .get("anything")
+            .await
+    ));
+    assert!(forbidden(
+        Api::<Pod>::namespaced(mirror.clone(), "shop")
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "p"},
+                    "spec": {"containers": [{"name": "c", "image": "i"}]}}))
+                .expect("pod")
+            )
+            .await
+    ));
+
+    // The leader election runs under this RBAC.
+    let (stop, stop_rx) = watch::channel(false);
+    let settings = LeaseSettings {
+        namespace: "linkerd".into(),
+        name: "meshlink-mirror".into(),
+        holder: "meshlink-mirror-0".into(),
+        lease_duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(2),
+    };
+    let mut leader = spawn_leader_election(mirror.clone(), settings, stop_rx);
+    until_value("the mirror's account holds the Lease", &mut leader, true).await;
+    stop.send_replace(true);
+
+    // And the authorizer agrees on the rest, namespace by namespace.
+    for (verb, resource, ns, name) in [
+        ("create", "services", Some("any-namespace"), None),
+        (
+            "delete",
+            "discovery.k8s.io/endpointslices",
+            Some("any-namespace"),
+            None,
+        ),
+        ("watch", "services", None, None),
+        ("list", "namespaces", None, None),
+        (
+            "update",
+            "multicluster.linkerd.io/links/status",
+            Some("linkerd"),
+            None,
+        ),
+        (
+            "update",
+            "multicluster.linkerd.io/links/finalizers",
+            Some("linkerd"),
+            None,
+        ),
+        ("create", "events.k8s.io/events", Some("linkerd"), None),
+        (
+            "update",
+            "coordination.k8s.io/leases",
+            Some("linkerd"),
+            Some("meshlink-mirror"),
+        ),
+    ] {
+        assert!(
+            mirror_may(&admin, verb, resource, ns, name).await,
+            "the mirror may {verb} {resource} in {ns:?} {name:?}"
+        );
+    }
+    for (verb, resource, ns, name) in [
+        ("get", "secrets", Some("shop"), None),
+        ("list", "secrets", Some("linkerd"), None),
+        ("watch", "secrets", Some("linkerd"), None),
+        ("update", "secrets", Some("linkerd"), None),
+        ("create", "pods", Some("linkerd"), None),
+        ("update", "apps/deployments", Some("linkerd"), None),
+        ("get", "configmaps", Some("linkerd"), None),
+        (
+            "update",
+            "multicluster.linkerd.io/links/status",
+            Some("shop"),
+            None,
+        ),
+        (
+            "update",
+            "multicluster.linkerd.io/links",
+            Some("shop"),
+            None,
+        ),
+        (
+            "delete",
+            "multicluster.linkerd.io/links",
+            Some("linkerd"),
+            None,
+        ),
+        (
+            "update",
+            "coordination.k8s.io/leases",
+            Some("linkerd"),
+            Some("someone-else"),
+        ),
+        ("create", "coordination.k8s.io/leases", Some("shop"), None),
+        ("create", "events.k8s.io/events", Some("shop"), None),
+        ("delete", "namespaces", None, None),
+    ] {
+        assert!(
+            !mirror_may(&admin, verb, resource, ns, name).await,
+            "the mirror may not {verb} {resource} in {ns:?} {name:?}"
+        );
+    }
 }

@@ -266,7 +266,8 @@ pub fn spawn_gateway_probe(
     tokio::spawn(
         async move {
             let mut state = Liveness::new(spec.failure_threshold);
-            let mut ticks = tokio::time::interval(spec.period);
+            // A zero period (only possible when built by hand) would spin.
+            let mut ticks = tokio::time::interval(spec.period.max(Duration::from_millis(10)));
             ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 if *shutdown.borrow_and_update() {
@@ -569,6 +570,35 @@ mod tests {
         assert_eq!(l.record(false), Some(false));
         assert_eq!(l.record(false), None);
         assert_eq!(l.record(true), Some(true));
+    }
+
+    #[tokio::test]
+    async fn a_dns_name_is_resolved_and_each_address_tried() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let n = conn.read(&mut buf).await.unwrap();
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            request
+        });
+        let spec = ProbeSpec {
+            path: "/health".into(),
+            port,
+            ..ProbeSpec::default()
+        };
+        // `localhost` may resolve to ::1 first, where nothing listens.
+        probe_address("localhost", &spec).await.unwrap();
+        let request = server.await.unwrap();
+        assert!(request.starts_with("GET /health HTTP/1.1\r\n"), "{request}");
+        assert!(
+            request.contains(&format!("Host: localhost:{port}\r\n")),
+            "{request}"
+        );
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub enum Command {
     Crds,
     /// Run the service mirror: keep local mirrors of every linked cluster's exported services.
     Mirror(MirrorArgs),
+    /// Check the Links, their credentials, sync, gateways and mirrors; exit 1 on a problem.
+    Check(super::check::CheckArgs),
 }
 
 /// Log output format.

@@ -1,6 +1,7 @@
 //! Wiring: the command line, the servers and the background tasks.
 
 mod admin;
+pub mod check;
 pub mod cli;
 pub mod link;
 mod linked;
