@@ -5,6 +5,11 @@
 //! held stay. A folder that cannot be read keeps its last objects; a folder that no
 //! longer exists holds none. Services with a selector and no EndpointSlice get slices built from
 //! their pods, as Kubernetes' EndpointSlice controller would.
+//!
+//! A file written in place (truncated, then written) can be read half-written. A changed
+//! file therefore replaces its last good version only once it has settled: it read the
+//! same on two consecutive polls, or its mtime is older than the poll interval. A file that
+//! became empty never replaces a version that held objects (delete the file to remove them).
 
 mod parse;
 mod slices;
@@ -29,11 +34,19 @@ use crate::{
 /// How often the folder is checked for changes when not configured.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
-/// A file as last read.
+/// A file's modification time and size: when both are unchanged, the file is not read again.
+type Stamp = (Option<SystemTime>, u64);
+
+/// A file as last applied.
 struct FileState {
-    stamp: (Option<SystemTime>, u64),
+    stamp: Stamp,
     objects: BTreeMap<ObjectKey, Object>,
     errors: Vec<String>,
+}
+
+/// A changed file read once, waiting to read the same again before it is applied.
+struct Pending {
+    text: String,
 }
 
 /// Feeds one cluster's index from one folder.
@@ -42,6 +55,10 @@ pub struct ManifestSource {
     cluster: ClusterHandle,
     metrics: Arc<Metrics>,
     files: BTreeMap<PathBuf, FileState>,
+    pending: BTreeMap<PathBuf, Pending>,
+    /// How long a changed file must be at rest to be applied at once; `None` until `run`
+    /// (the first load applies what it reads).
+    settle: Option<Duration>,
     applied: BTreeMap<ObjectKey, Object>,
     dir_error: Option<String>,
     reported: BTreeSet<ManifestErrorLabels>,
@@ -64,6 +81,8 @@ impl ManifestSource {
             cluster,
             metrics,
             files: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            settle: None,
             applied: BTreeMap::new(),
             dir_error: None,
             reported: BTreeSet::new(),
@@ -78,6 +97,7 @@ impl ManifestSource {
                     info!(dir = %self.dir.display(), "folder is readable again");
                 }
                 self.files.retain(|p, _| paths.contains(p));
+                self.pending.retain(|p, _| paths.contains(p));
                 for path in paths {
                     self.read_if_changed(path);
                 }
@@ -89,6 +109,7 @@ impl ManifestSource {
                     warn!(error = %msg, "serving no objects for this cluster");
                 }
                 self.files.clear();
+                self.pending.clear();
                 self.dir_error = Some(msg);
             }
             Err(e) => {
@@ -112,6 +133,7 @@ impl ManifestSource {
 
     /// Syncs every `interval` until `shutdown` turns true.
     pub async fn run(mut self, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+        self.settle = Some(interval);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -133,10 +155,22 @@ impl ManifestSource {
             .get(&path)
             .is_some_and(|f| f.stamp == stamp && stamp.0.is_some())
         {
+            self.pending.remove(&path);
             return;
         }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                if !self.settled(&path, stamp, &text) {
+                    self.pending.insert(path, Pending { text });
+                    return;
+                }
+                self.pending.remove(&path);
+                Ok(text)
+            }
+            Err(e) => Err(e),
+        };
         let previous = self.files.remove(&path);
-        let (mut objects, errors) = match std::fs::read_to_string(&path) {
+        let (mut objects, errors) = match text {
             Ok(text) => parse_manifests(&text),
             Err(e) => (BTreeMap::new(), vec![format!("cannot read file: {e}")]),
         };
@@ -165,6 +199,32 @@ impl ManifestSource {
                 errors,
             },
         );
+    }
+
+    /// Whether `text`, just read from `path`, may replace the file's last good version.
+    fn settled(&self, path: &Path, stamp: Stamp, text: &str) -> bool {
+        let held_objects = self.files.get(path).is_some_and(|f| !f.objects.is_empty());
+        if text.trim().is_empty() && held_objects {
+            // Most likely truncated by a writer that has not written yet.
+            if !self
+                .pending
+                .get(path)
+                .is_some_and(|p| p.text.trim().is_empty())
+            {
+                info!(file = %path.display(), "file is empty; keeping its objects until it has content or is deleted");
+            }
+            return false;
+        }
+        let Some(settle) = self.settle else {
+            return true;
+        };
+        if self.pending.get(path).is_some_and(|p| p.text == text) {
+            return true;
+        }
+        stamp
+            .0
+            .and_then(|mtime| mtime.elapsed().ok())
+            .is_some_and(|age| age >= settle)
     }
 
     /// Applies the union of every file's objects to the index; returns how many changed.
