@@ -40,7 +40,10 @@ type Stamp = (Option<SystemTime>, u64);
 /// A file as last applied.
 struct FileState {
     stamp: Stamp,
-    objects: BTreeMap<ObjectKey, Object>,
+    /// A hash of the text applied: a file touched but not changed is not parsed again.
+    text_hash: Option<u64>,
+    /// Shared with `applied`, so that building the desired set clones no object.
+    objects: BTreeMap<ObjectKey, Arc<Object>>,
     errors: Vec<String>,
 }
 
@@ -59,9 +62,12 @@ pub struct ManifestSource {
     /// How long a changed file must be at rest to be applied at once; `None` until `run`
     /// (the first load applies what it reads).
     settle: Option<Duration>,
-    applied: BTreeMap<ObjectKey, Object>,
+    applied: BTreeMap<ObjectKey, Arc<Object>>,
+    /// Whether a file or the folder changed since the last pass applied.
+    dirty: bool,
     dir_error: Option<String>,
     reported: BTreeSet<ManifestErrorLabels>,
+    errors: Vec<String>,
 }
 
 /// What one pass over the folder found.
@@ -84,19 +90,26 @@ impl ManifestSource {
             pending: BTreeMap::new(),
             settle: None,
             applied: BTreeMap::new(),
+            dirty: true,
             dir_error: None,
             reported: BTreeSet::new(),
+            errors: Vec::new(),
         }
     }
 
-    /// Reads what changed since the last pass and applies it to the index.
+    /// Reads what changed since the last pass and applies it to the index. A pass that
+    /// finds no file changed (by mtime, size, then content) touches neither the index nor
+    /// the metrics.
     pub fn sync(&mut self) -> SyncReport {
         match list_manifests(&self.dir) {
             Ok(paths) => {
                 if self.dir_error.take().is_some() {
                     info!(dir = %self.dir.display(), "folder is readable again");
+                    self.dirty = true;
                 }
+                let before = self.files.len();
                 self.files.retain(|p, _| paths.contains(p));
+                self.dirty |= self.files.len() != before;
                 self.pending.retain(|p, _| paths.contains(p));
                 for path in paths {
                     self.read_if_changed(path);
@@ -107,6 +120,7 @@ impl ManifestSource {
                 let msg = format!("folder {} does not exist", self.dir.display());
                 if self.dir_error.as_ref() != Some(&msg) {
                     warn!(error = %msg, "serving no objects for this cluster");
+                    self.dirty = true;
                 }
                 self.files.clear();
                 self.pending.clear();
@@ -115,6 +129,7 @@ impl ManifestSource {
             Err(e) => {
                 let msg = format!("cannot read folder {}: {e}", self.dir.display());
                 if self.dir_error.as_ref() != Some(&msg) {
+                    self.dirty = true;
                     warn!(error = %msg, "keeping the last objects read from this cluster's folder");
                     self.metrics
                         .manifest_errors_total
@@ -126,9 +141,18 @@ impl ManifestSource {
                 self.dir_error = Some(msg);
             }
         }
+        if !std::mem::take(&mut self.dirty) {
+            return SyncReport {
+                changed: 0,
+                errors: self.errors.clone(),
+            };
+        }
         let changed = self.apply();
-        let errors = self.publish_errors();
-        SyncReport { changed, errors }
+        self.errors = self.publish_errors();
+        SyncReport {
+            changed,
+            errors: self.errors.clone(),
+        }
     }
 
     /// Syncs every `interval` until `shutdown` turns true.
@@ -169,11 +193,23 @@ impl ManifestSource {
             }
             Err(e) => Err(e),
         };
+        let text_hash = text.as_ref().ok().map(|t| hash(t));
+        if let Some(file) = self.files.get_mut(&path)
+            && text_hash.is_some()
+            && file.text_hash == text_hash
+        {
+            // Touched, not changed.
+            file.stamp = stamp;
+            return;
+        }
+        self.dirty = true;
         let previous = self.files.remove(&path);
-        let (mut objects, errors) = match text {
+        let (objects, errors) = match text {
             Ok(text) => parse_manifests(&text),
             Err(e) => (BTreeMap::new(), vec![format!("cannot read file: {e}")]),
         };
+        let mut objects: BTreeMap<ObjectKey, Arc<Object>> =
+            objects.into_iter().map(|(k, o)| (k, Arc::new(o))).collect();
         for e in &errors {
             warn!(file = %path.display(), error = %e, "skipping invalid manifest content");
             self.metrics
@@ -195,6 +231,7 @@ impl ManifestSource {
             path,
             FileState {
                 stamp,
+                text_hash,
                 objects,
                 errors,
             },
@@ -228,37 +265,52 @@ impl ManifestSource {
     }
 
     /// Applies the union of every file's objects to the index; returns how many changed.
+    /// The difference is found before the index is locked, so lookups wait only for the
+    /// objects that changed.
     fn apply(&mut self) -> usize {
-        let mut desired: BTreeMap<ObjectKey, Object> = BTreeMap::new();
+        let desired = self.desired();
+        let removed: Vec<&ObjectKey> = self
+            .applied
+            .keys()
+            .filter(|key| !desired.contains_key(*key))
+            .collect();
+        let mut changed: Vec<(&ObjectKey, &Arc<Object>)> = desired
+            .iter()
+            .filter(|(key, obj)| {
+                self.applied
+                    .get(*key)
+                    .is_none_or(|old| !Arc::ptr_eq(old, obj) && old != *obj)
+            })
+            .collect();
+        // Pods and nodes first so that slices find them.
+        changed.sort_by_key(|(k, _)| k.kind.apply_order());
+        let count = removed.len() + changed.len();
+        if count > 0 {
+            let mut index = self.cluster.index.lock();
+            for key in removed {
+                delete(&mut index, key);
+            }
+            for (_, obj) in changed {
+                apply(&mut index, obj);
+            }
+        }
+        self.applied = desired;
+        self.cluster.status.set_synced();
+        count
+    }
+
+    /// Every file's objects and the slices derived from them.
+    fn desired(&self) -> BTreeMap<ObjectKey, Arc<Object>> {
+        let mut desired: BTreeMap<ObjectKey, Arc<Object>> = BTreeMap::new();
         for file in self.files.values() {
             for (k, o) in &file.objects {
-                desired.insert(k.clone(), o.clone());
+                desired.insert(k.clone(), Arc::clone(o));
             }
         }
         for slice in slices::derive_endpoint_slices(&desired) {
-            desired.insert(ObjectKey::of(&slice), slice);
+            desired.insert(ObjectKey::of(&slice), Arc::new(slice));
         }
-        let mut changed = 0;
-        let mut index = self.cluster.index.lock();
-        for key in self.applied.keys() {
-            if !desired.contains_key(key) {
-                delete(&mut index, key);
-                changed += 1;
-            }
-        }
-        // Pods and nodes first so that slices find them.
-        let mut order: Vec<(&ObjectKey, &Object)> = desired.iter().collect();
-        order.sort_by_key(|(k, _)| k.kind.apply_order());
-        for (key, obj) in order {
-            if self.applied.get(key) != Some(obj) {
-                apply(&mut index, obj);
-                changed += 1;
-            }
-        }
-        drop(index);
-        self.applied = desired;
-        self.cluster.status.set_synced();
-        changed
+        desired
     }
 
     fn publish_errors(&mut self) -> Vec<String> {
@@ -296,6 +348,14 @@ impl ManifestSource {
         }
         messages
     }
+}
+
+/// A hash of a file's text, to tell a touched file from a changed one.
+fn hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 fn list_manifests(dir: &Path) -> std::io::Result<BTreeSet<PathBuf>> {
@@ -338,5 +398,59 @@ fn delete(index: &mut ClusterIndex, key: &ObjectKey) {
         Kind::Node => index.delete_node(name),
         Kind::Secret => index.delete_secret(ns, name),
         Kind::Namespace => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{index::IndexConfig, model::PortSet};
+
+    const WEB: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+status: {podIP: 10.1.0.1}
+";
+
+    fn cluster() -> ClusterHandle {
+        ClusterHandle::new(ClusterIndex::shared(IndexConfig {
+            cluster_name: Arc::from("local"),
+            cluster_domain: "cluster.local".into(),
+            trust_domain: "cluster.local".into(),
+            control_plane_ns: "linkerd".into(),
+            default_opaque_ports: Arc::new(PortSet::default()),
+        }))
+    }
+
+    #[test]
+    fn a_pass_with_no_file_changed_leaves_the_index_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("web.yaml");
+        std::fs::write(&file, WEB).expect("write");
+        let cluster = cluster();
+        let mut source = ManifestSource::new(dir.path().into(), cluster.clone(), Arc::default());
+        assert_eq!(source.sync().changed, 3, "service, pod, derived slice");
+
+        // With the index locked, as a lookup holds it, passes that find nothing changed
+        // (the file untouched, then rewritten with the same text) still complete.
+        let guard = cluster.index.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pass = std::thread::spawn(move || {
+            let _ = tx.send(source.sync().changed);
+            std::fs::write(&file, WEB).expect("rewrite");
+            let _ = tx.send(source.sync().changed);
+        });
+        let timeout = Duration::from_secs(5);
+        assert_eq!(rx.recv_timeout(timeout), Ok(0));
+        assert_eq!(rx.recv_timeout(timeout), Ok(0));
+        drop(guard);
+        pass.join().expect("pass");
     }
 }

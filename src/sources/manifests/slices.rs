@@ -1,6 +1,9 @@
 //! EndpointSlices for Services that select pods, as Kubernetes' controller writes them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use k8s_openapi::{
     api::{
@@ -14,10 +17,10 @@ use super::parse::{Kind, Object, ObjectKey};
 use crate::k8s::{EndpointSlice, ObjectMeta, Pod, Service, labels};
 
 /// Slices for every Service that has a selector and no EndpointSlice of its own.
-pub fn derive_endpoint_slices(objects: &BTreeMap<ObjectKey, Object>) -> Vec<Object> {
+pub fn derive_endpoint_slices(objects: &BTreeMap<ObjectKey, Arc<Object>>) -> Vec<Object> {
     let sliced: BTreeSet<(String, String)> = objects
         .values()
-        .filter_map(|o| match o {
+        .filter_map(|o| match &**o {
             Object::EndpointSlice(s) => Some((
                 s.metadata.namespace.clone().unwrap_or_default(),
                 labels::slice_service(s)?.to_string(),
@@ -27,21 +30,23 @@ pub fn derive_endpoint_slices(objects: &BTreeMap<ObjectKey, Object>) -> Vec<Obje
         .collect();
     let zones: BTreeMap<&str, &str> = objects
         .values()
-        .filter_map(|o| match o {
+        .filter_map(|o| match &**o {
             Object::Node(n) => Some((n.metadata.name.as_deref()?, labels::node_zone(n)?)),
             _ => None,
         })
         .collect();
     let pods: Vec<&Pod> = objects
         .values()
-        .filter_map(|o| match o {
+        .filter_map(|o| match &**o {
             Object::Pod(p) => Some(&**p),
             _ => None,
         })
         .collect();
     let mut out = Vec::new();
     for (key, obj) in objects {
-        let Object::Service(svc) = obj else { continue };
+        let Object::Service(svc) = &**obj else {
+            continue;
+        };
         if key.kind != Kind::Service || sliced.contains(&(key.namespace.clone(), key.name.clone()))
         {
             continue;
