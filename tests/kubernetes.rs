@@ -684,7 +684,7 @@ async fn rbac(world: &World) {
             let kc = base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .expect("base64 kubeconfig");
-            let kc: serde_yaml::Value = serde_yaml::from_slice(&kc).expect("kubeconfig YAML");
+            let kc: serde_json::Value = serde_saphyr::from_slice(&kc).expect("kubeconfig YAML");
             kc["users"][0]["user"]["token"]
                 .as_str()
                 .expect("a token")

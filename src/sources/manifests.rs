@@ -205,7 +205,10 @@ impl ManifestSource {
         self.dirty = true;
         let previous = self.files.remove(&path);
         let (objects, errors) = match text {
-            Ok(text) => parse_manifests(&text),
+            Ok(text) => {
+                let (objects, errors) = parse_manifests(&text);
+                (objects, errors.iter().map(ToString::to_string).collect())
+            }
             Err(e) => (BTreeMap::new(), vec![format!("cannot read file: {e}")]),
         };
         let mut objects: BTreeMap<ObjectKey, Arc<Object>> =
