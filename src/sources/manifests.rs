@@ -24,12 +24,42 @@ use std::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use parse::{Object, ObjectKey, parse_manifests};
+pub use parse::{DocumentError, Object, ObjectKey, parse_manifests};
 
 use crate::{
     index::{ClusterHandle, ClusterIndex},
     metrics::{ClusterLabels, ManifestErrorLabels, Metrics},
 };
+
+/// Why a manifest file, or the cluster's folder, is not read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The folder does not exist (the cluster holds no objects).
+    #[error("folder {0} does not exist")]
+    FolderMissing(String),
+    /// The folder cannot be listed (its last objects are kept).
+    #[error("cannot read folder {dir}: {error}")]
+    FolderUnreadable { dir: String, error: String },
+    /// A file cannot be read (its last objects are kept).
+    #[error("cannot read file: {0}")]
+    FileUnreadable(String),
+    /// A document of a file cannot be read.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+}
+
+impl ManifestError {
+    /// The `reason` label of `meshlink_manifest_invalid`: one of a few fixed values, so
+    /// that no file content becomes a label value (the whole message is logged).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::FolderMissing(_) => "folder_missing",
+            Self::FolderUnreadable { .. } => "folder_unreadable",
+            Self::FileUnreadable(_) => "file_unreadable",
+            Self::Document(e) => e.metric_label(),
+        }
+    }
+}
 
 /// How often the folder is checked for changes when not configured.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -44,7 +74,7 @@ struct FileState {
     text_hash: Option<u64>,
     /// Shared with `applied`, so that building the desired set clones no object.
     objects: BTreeMap<ObjectKey, Arc<Object>>,
-    errors: Vec<String>,
+    errors: Vec<ManifestError>,
 }
 
 /// A changed file read once, waiting to read the same again before it is applied.
@@ -65,7 +95,7 @@ pub struct ManifestSource {
     applied: BTreeMap<ObjectKey, Arc<Object>>,
     /// Whether a file or the folder changed since the last pass applied.
     dirty: bool,
-    dir_error: Option<String>,
+    dir_error: Option<ManifestError>,
     reported: BTreeSet<ManifestErrorLabels>,
     errors: Vec<String>,
 }
@@ -117,20 +147,23 @@ impl ManifestSource {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // A folder that is gone holds no objects: the cluster's endpoints leave.
-                let msg = format!("folder {} does not exist", self.dir.display());
-                if self.dir_error.as_ref() != Some(&msg) {
-                    warn!(error = %msg, "serving no objects for this cluster");
+                let error = ManifestError::FolderMissing(self.dir.display().to_string());
+                if !self.same_dir_error(&error) {
+                    warn!(%error, "serving no objects for this cluster");
                     self.dirty = true;
                 }
                 self.files.clear();
                 self.pending.clear();
-                self.dir_error = Some(msg);
+                self.dir_error = Some(error);
             }
             Err(e) => {
-                let msg = format!("cannot read folder {}: {e}", self.dir.display());
-                if self.dir_error.as_ref() != Some(&msg) {
+                let error = ManifestError::FolderUnreadable {
+                    dir: self.dir.display().to_string(),
+                    error: e.to_string(),
+                };
+                if !self.same_dir_error(&error) {
                     self.dirty = true;
-                    warn!(error = %msg, "keeping the last objects read from this cluster's folder");
+                    warn!(%error, "keeping the last objects read from this cluster's folder");
                     self.metrics
                         .manifest_errors_total
                         .get_or_create(&ClusterLabels {
@@ -138,7 +171,7 @@ impl ManifestSource {
                         })
                         .inc();
                 }
-                self.dir_error = Some(msg);
+                self.dir_error = Some(error);
             }
         }
         if !std::mem::take(&mut self.dirty) {
@@ -207,9 +240,15 @@ impl ManifestSource {
         let (objects, errors) = match text {
             Ok(text) => {
                 let (objects, errors) = parse_manifests(&text);
-                (objects, errors.iter().map(ToString::to_string).collect())
+                (
+                    objects,
+                    errors.into_iter().map(ManifestError::from).collect(),
+                )
             }
-            Err(e) => (BTreeMap::new(), vec![format!("cannot read file: {e}")]),
+            Err(e) => (
+                BTreeMap::new(),
+                vec![ManifestError::FileUnreadable(e.to_string())],
+            ),
         };
         let mut objects: BTreeMap<ObjectKey, Arc<Object>> =
             objects.into_iter().map(|(k, o)| (k, Arc::new(o))).collect();
@@ -316,33 +355,41 @@ impl ManifestSource {
         desired
     }
 
+    fn same_dir_error(&self, error: &ManifestError) -> bool {
+        self.dir_error
+            .as_ref()
+            .is_some_and(|e| e.to_string() == error.to_string())
+    }
+
+    /// Sets `meshlink_manifest_invalid` (1 for each file and reason) and the cluster's
+    /// staleness; returns every error as `file: message`.
     fn publish_errors(&mut self) -> Vec<String> {
         let cluster = self.cluster.name.to_string();
         let mut now = BTreeSet::new();
         let mut messages = Vec::new();
-        if let Some(e) = &self.dir_error {
-            now.insert(ManifestErrorLabels {
+        let mut count = |file: &Path, error: &ManifestError| {
+            let labels = ManifestErrorLabels {
                 cluster: cluster.clone(),
-                file: self.dir.display().to_string(),
-                reason: e.clone(),
-            });
-            messages.push(e.clone());
+                file: file.display().to_string(),
+                reason: error.metric_label(),
+            };
+            now.insert(labels);
+        };
+        if let Some(e) = &self.dir_error {
+            count(&self.dir, e);
+            messages.push(e.to_string());
         }
         for (path, file) in &self.files {
-            for reason in &file.errors {
-                now.insert(ManifestErrorLabels {
-                    cluster: cluster.clone(),
-                    file: path.display().to_string(),
-                    reason: reason.clone(),
-                });
-                messages.push(format!("{}: {reason}", path.display()));
+            for e in &file.errors {
+                count(path, e);
+                messages.push(format!("{}: {e}", path.display()));
             }
         }
         for gone in self.reported.difference(&now) {
             self.metrics.manifest_invalid.remove(gone);
         }
-        for label in &now {
-            self.metrics.manifest_invalid.get_or_create(label).set(1);
+        for labels in &now {
+            self.metrics.manifest_invalid.get_or_create(labels).set(1);
         }
         self.reported = now;
         match messages.first() {
@@ -455,5 +502,22 @@ status: {podIP: 10.1.0.1}
         assert_eq!(rx.recv_timeout(timeout), Ok(0));
         drop(guard);
         pass.join().expect("pass");
+    }
+
+    #[test]
+    fn error_reasons_are_bounded_label_values() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: 7}\n---\nkind: [secret-ish text\n";
+        std::fs::write(dir.path().join("bad.yaml"), bad).expect("write");
+        let mut source = ManifestSource::new(dir.path().into(), cluster(), Arc::default());
+        let report = source.sync();
+        assert_eq!(report.errors.len(), 2, "{:?}", report.errors);
+        assert!(
+            report.errors[1].contains("document 2: invalid YAML"),
+            "{:?}",
+            report.errors
+        );
+        let reasons: Vec<&str> = source.reported.iter().map(|l| l.reason).collect();
+        assert_eq!(reasons, ["invalid_object", "invalid_yaml"]);
     }
 }

@@ -87,6 +87,18 @@ pub enum DocumentError {
     NoName { doc: usize, kind: Kind },
 }
 
+impl DocumentError {
+    /// A fixed value for a metric label (the message holds the details).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Syntax { .. } => "invalid_yaml",
+            Self::MissingField { .. } => "missing_field",
+            Self::InvalidObject { .. } => "invalid_object",
+            Self::NoName { .. } => "missing_name",
+        }
+    }
+}
+
 /// The two fields that say what a document is.
 #[derive(Deserialize)]
 struct Header {
