@@ -60,8 +60,9 @@ pub struct ManifestErrorLabels {
     pub cluster: String,
     /// The file's path.
     pub file: String,
-    /// Why it was rejected.
-    pub reason: String,
+    /// Why it was rejected, from a fixed set (`invalid_yaml`, `invalid_object`, ...): the
+    /// message itself is logged, never a label value.
+    pub reason: &'static str,
 }
 
 /// Labels of a rejected credentials Secret.

@@ -757,7 +757,7 @@ async fn rbac_of_deploy_is_enough_and_refuses_the_rest(world: Arc<World>) {
             let kc = base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .expect("base64 kubeconfig");
-            let kc: serde_yaml::Value = serde_yaml::from_slice(&kc).expect("kubeconfig YAML");
+            let kc: serde_json::Value = serde_saphyr::from_slice(&kc).expect("kubeconfig YAML");
             kc["users"][0]["user"]["token"]
                 .as_str()
                 .expect("a token")

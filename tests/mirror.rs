@@ -686,8 +686,8 @@ async fn dry_run(w: &World) {
     let out = runtime::mirror::once(&mirror_args(w, &["--once", "--dry-run", "-o", "yaml"]))
         .await
         .expect("dry run");
-    let doc: serde_yaml::Value = serde_yaml::from_str(&out).expect("YAML");
-    let applies = doc["apply"].as_sequence().expect("apply list");
+    let doc: serde_json::Value = serde_saphyr::from_str(&out).expect("YAML");
+    let applies = doc["apply"].as_array().expect("apply list");
     assert!(
         applies.iter().any(|o| o["metadata"]["name"] == "cart-west"),
         "{out}"

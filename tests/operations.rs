@@ -200,7 +200,7 @@ async fn malformed_manifests_are_reported_and_skipped() {
             .lines()
             .any(|l| l.starts_with("meshlink_manifest_invalid{")
                 && l.contains("broken.yaml")
-                && l.contains("invalid Service")),
+                && l.contains("reason=\"invalid_object\"")),
         "{metrics}"
     );
 

@@ -101,7 +101,7 @@ const CASES: &[Case] = &[
         budget: 64 * MIB,
         input: || nested_block(MIB / 2),
         parse: |input| assert_rejected(parse_manifests(text(&input))),
-        known: Some("serde_yaml keeps every event of a document: about 300 bytes per level"),
+        known: None,
     },
     Case {
         name: "manifests: nested flow sequences, 2,000 deep",
@@ -170,7 +170,7 @@ fn text(input: &[u8]) -> &str {
     std::str::from_utf8(input).expect("the cases are UTF-8")
 }
 
-fn assert_rejected<K, V>((objects, errors): (std::collections::BTreeMap<K, V>, Vec<String>)) {
+fn assert_rejected<K, V, E>((objects, errors): (std::collections::BTreeMap<K, V>, Vec<E>)) {
     assert!(objects.is_empty() && !errors.is_empty());
 }
 

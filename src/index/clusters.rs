@@ -16,6 +16,8 @@ use super::SharedIndex;
 #[derive(Debug, Default)]
 pub struct ClusterStatus {
     synced: AtomicBool,
+    /// Turns true with `synced`, for tasks that wait for it.
+    synced_tx: watch::Sender<bool>,
     stale: AtomicBool,
     last_error: parking_lot::Mutex<Option<String>>,
 }
@@ -24,6 +26,14 @@ impl ClusterStatus {
     /// The source has loaded the cluster's objects at least once.
     pub fn set_synced(&self) {
         self.synced.store(true, Ordering::Release);
+        self.synced_tx
+            .send_if_modified(|s| !std::mem::replace(s, true));
+    }
+
+    /// Resolves once the initial load is done.
+    pub async fn wait_synced(&self) {
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = self.synced_tx.subscribe().wait_for(|s| *s).await;
     }
 
     /// Whether the initial load is done.

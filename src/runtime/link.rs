@@ -21,7 +21,10 @@ use kube::{
 };
 
 use super::cli::LinkArgs;
-use crate::k8s::{Secret, link::LinkTarget};
+use crate::k8s::{
+    Secret,
+    link::{LinkTarget, to_yaml},
+};
 
 /// Writes the Secret and the Link to stdout.
 pub async fn run(args: LinkArgs) -> Result<()> {
@@ -73,8 +76,8 @@ pub async fn render(args: &LinkArgs) -> Result<String> {
             (addrs.clone(), args.gateway_port, identity)
         }),
     };
-    let secret = serde_yaml::to_string(&target.credentials_secret(&kubeconfig))?;
-    let link = serde_yaml::to_string(&target.link())?;
+    let secret = to_yaml(&target.credentials_secret(&kubeconfig))?;
+    let link = to_yaml(&target.link())?;
     Ok(format!("---\n{secret}---\n{link}"))
 }
 
@@ -188,5 +191,5 @@ fn remote_kubeconfig(
         current_context: Some(name),
         ..Kubeconfig::default()
     };
-    serde_yaml::to_string(&out).context("cannot write the kubeconfig")
+    to_yaml(&out).context("cannot write the kubeconfig")
 }

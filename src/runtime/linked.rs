@@ -27,66 +27,34 @@ impl LinkedManifestClusters {
     /// Follows `specs` until `shutdown` turns true.
     pub async fn run(
         self,
-        mut specs: watch::Receiver<Arc<BTreeMap<String, LinkedClusterSpec>>>,
-        mut shutdown: watch::Receiver<bool>,
+        specs: watch::Receiver<Arc<BTreeMap<String, LinkedClusterSpec>>>,
+        shutdown: watch::Receiver<bool>,
     ) {
-        let mut running: BTreeMap<String, (LinkedClusterSpec, watch::Sender<bool>)> =
-            BTreeMap::new();
-        loop {
-            let wanted = specs.borrow_and_update().clone();
-            let stale: Vec<String> = running
-                .iter()
-                .filter(|(name, (spec, _))| wanted.get(*name) != Some(spec))
-                .map(|(name, _)| name.clone())
-                .collect();
-            for name in stale {
-                if let Some((_, stop)) = running.remove(&name) {
-                    let _ = stop.send(true);
-                }
-                self.clusters.remove(&name);
-                info!(cluster = %name, "unlinked cluster");
-            }
-            for (name, spec) in wanted.iter() {
-                if running.contains_key(name) {
-                    continue;
-                }
-                if *name == *self.base.cluster_name {
-                    warn!(cluster = %name, secret = %spec.secret, "ignoring a link to the local cluster itself");
-                    continue;
-                }
-                let stop = self.start(spec);
-                running.insert(name.clone(), (spec.clone(), stop));
-            }
-            tokio::select! {
-                r = specs.changed() => if r.is_err() { break },
-                _ = shutdown.wait_for(|s| *s) => break,
-            }
-        }
-        for (_, (_, stop)) in running {
-            let _ = stop.send(true);
-        }
+        follow_links(&self, specs, shutdown).await;
+    }
+}
+
+impl LinkedSources for LinkedManifestClusters {
+    fn clusters(&self) -> &ClusterSet {
+        &self.clusters
     }
 
-    fn start(&self, spec: &LinkedClusterSpec) -> watch::Sender<bool> {
-        let config = IndexConfig {
-            cluster_name: Arc::from(spec.name.as_str()),
-            cluster_domain: spec.cluster_domain.clone(),
-            trust_domain: spec.trust_domain.clone(),
-            ..self.base.clone()
-        };
-        let handle = ClusterHandle::new(ClusterIndex::shared(config));
+    fn base(&self) -> &IndexConfig {
+        &self.base
+    }
+
+    async fn start(&self, handle: &ClusterHandle, spec: &LinkedClusterSpec) -> watch::Sender<bool> {
         let dir = self.root.join(&spec.name);
         let mut source =
             ManifestSource::new(dir.clone(), handle.clone(), Arc::clone(&self.metrics));
+        // The first pass is synchronous: the cluster joins with its objects in.
         let report = source.sync();
-        self.clusters.insert(handle);
         info!(
             cluster = %spec.name,
-            secret = %spec.secret,
             dir = %dir.display(),
             objects = report.changed,
             errors = report.errors.len(),
-            "linked cluster"
+            "read linked cluster folder"
         );
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(
@@ -95,6 +63,11 @@ impl LinkedManifestClusters {
                 .instrument(info_span!("manifests", cluster = %spec.name)),
         );
         stop_tx
+    }
+
+    async fn new_credentials(&self, cluster: &mut RunningCluster, spec: &LinkedClusterSpec) {
+        // The folder is the cluster's objects; its kubeconfig is not used.
+        cluster.spec = spec.clone();
     }
 }
 
@@ -105,11 +78,45 @@ pub struct LinkedKubeClusters {
     pub base: IndexConfig,
 }
 
+impl LinkedKubeClusters {
+    /// Follows `specs` until `shutdown` turns true.
+    pub async fn run(
+        self,
+        specs: watch::Receiver<Arc<BTreeMap<String, LinkedClusterSpec>>>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        follow_links(&self, specs, shutdown).await;
+    }
+}
+
+impl LinkedSources for LinkedKubeClusters {
+    fn clusters(&self) -> &ClusterSet {
+        &self.clusters
+    }
+
+    fn base(&self) -> &IndexConfig {
+        &self.base
+    }
+
+    async fn start(&self, handle: &ClusterHandle, spec: &LinkedClusterSpec) -> watch::Sender<bool> {
+        start_kube_source(handle, spec).await
+    }
+
+    async fn new_credentials(&self, cluster: &mut RunningCluster, spec: &LinkedClusterSpec) {
+        // Watch again with them into the same index; the relist replaces its objects
+        // without a gap.
+        let _ = cluster.stop.send(true);
+        cluster.stop = start_kube_source(&cluster.handle, spec).await;
+        cluster.spec = spec.clone();
+        info!(cluster = %spec.name, secret = %spec.secret, "credentials changed; watching again");
+    }
+}
+
 /// How long a newly linked cluster may take to list its objects before it joins the
 /// cluster set anyway (then stale, so its state shows in the metrics).
 const LINK_SYNC_GRACE: Duration = Duration::from_secs(10);
 
-/// A linked cluster being watched.
+/// A linked cluster being read.
 struct RunningCluster {
     spec: LinkedClusterSpec,
     handle: ClusterHandle,
@@ -118,118 +125,181 @@ struct RunningCluster {
     pending_since: Option<tokio::time::Instant>,
 }
 
-impl LinkedKubeClusters {
-    /// Follows `specs` until `shutdown` turns true.
-    pub async fn run(
-        self,
-        mut specs: watch::Receiver<Arc<BTreeMap<String, LinkedClusterSpec>>>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        let mut running: BTreeMap<String, RunningCluster> = BTreeMap::new();
-        loop {
-            let wanted = specs.borrow_and_update().clone();
-            let gone: Vec<String> = running
-                .keys()
-                .filter(|name| !wanted.contains_key(*name))
-                .cloned()
-                .collect();
-            for name in gone {
-                if let Some(cluster) = running.remove(&name) {
-                    let _ = cluster.stop.send(true);
-                }
-                self.clusters.remove(&name);
-                info!(cluster = %name, "unlinked cluster");
-            }
-            for (name, spec) in wanted.iter() {
-                if *name == *self.base.cluster_name {
-                    if !running.contains_key(name) {
-                        warn!(cluster = %name, secret = %spec.secret, "ignoring a link to the local cluster itself");
-                    }
-                    continue;
-                }
-                match running.get_mut(name) {
-                    Some(cluster) if cluster.spec == *spec => {}
-                    Some(cluster)
-                        if cluster.spec.trust_domain == spec.trust_domain
-                            && cluster.spec.cluster_domain == spec.cluster_domain =>
-                    {
-                        // New credentials (e.g. a rotated token): watch again with them into
-                        // the same index; the relist replaces its objects without a gap.
-                        let _ = cluster.stop.send(true);
-                        cluster.stop = start_kube_source(&cluster.handle, spec).await;
-                        cluster.spec = spec.clone();
-                        info!(cluster = %name, secret = %spec.secret, "credentials changed; watching again");
-                    }
-                    _ => {
-                        // A cluster whose domains changed is replaced: its old index (with
-                        // identities in the old trust domain) leaves every stream now.
-                        if let Some(old) = running.remove(name) {
-                            let _ = old.stop.send(true);
-                            self.clusters.remove(name);
-                        }
-                        let handle = self.new_handle(spec);
-                        let stop = start_kube_source(&handle, spec).await;
-                        info!(cluster = %name, secret = %spec.secret, "linking cluster");
-                        running.insert(
-                            name.clone(),
-                            RunningCluster {
-                                spec: spec.clone(),
-                                handle,
-                                stop,
-                                pending_since: Some(tokio::time::Instant::now()),
-                            },
-                        );
-                    }
-                }
-            }
-            // A cluster joins once its initial lists are in, so streams never see its
-            // endpoints before their pods (identities) are known.
-            let mut pending = false;
-            for (name, cluster) in running.iter_mut() {
-                let Some(since) = cluster.pending_since else {
-                    continue;
-                };
-                let synced = cluster.handle.status.is_synced();
-                if synced || since.elapsed() >= LINK_SYNC_GRACE {
-                    cluster.pending_since = None;
-                    self.clusters.insert(cluster.handle.clone());
-                    match synced {
-                        true => info!(cluster = %name, "linked cluster"),
-                        false => warn!(
-                            cluster = %name,
-                            error = cluster.handle.status.last_error().unwrap_or_default(),
-                            "linked cluster not listed yet; serving it as stale"
-                        ),
-                    }
-                } else {
-                    pending = true;
-                }
-            }
-            let poll = async {
-                match pending {
-                    true => tokio::time::sleep(Duration::from_millis(20)).await,
-                    false => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                r = specs.changed() => if r.is_err() { break },
-                _ = poll => {}
-                _ = shutdown.wait_for(|s| *s) => break,
-            }
-        }
-        for (_, cluster) in running {
-            let _ = cluster.stop.send(true);
-        }
-    }
+/// What differs between one kind of source per linked cluster and another.
+trait LinkedSources {
+    /// The set linked clusters join.
+    fn clusters(&self) -> &ClusterSet;
+    /// The index settings a linked cluster's own name and domains override.
+    fn base(&self) -> &IndexConfig;
+    /// Starts reading `spec`'s cluster into `handle`; returns its stop switch.
+    async fn start(&self, handle: &ClusterHandle, spec: &LinkedClusterSpec) -> watch::Sender<bool>;
+    /// The cluster's Secret changed, but not its domains.
+    async fn new_credentials(&self, cluster: &mut RunningCluster, spec: &LinkedClusterSpec);
+}
 
-    fn new_handle(&self, spec: &LinkedClusterSpec) -> ClusterHandle {
-        ClusterHandle::new(ClusterIndex::shared(IndexConfig {
-            cluster_name: Arc::from(spec.name.as_str()),
-            cluster_domain: spec.cluster_domain.clone(),
-            trust_domain: spec.trust_domain.clone(),
-            ..self.base.clone()
-        }))
+/// What to do to bring the running linked clusters to the wanted ones.
+#[derive(Debug, PartialEq)]
+enum Change {
+    /// Stop reading the cluster; its endpoints leave every stream.
+    Unlink(String),
+    /// Start reading a cluster into a new index.
+    Link(LinkedClusterSpec),
+    /// Same cluster and domains, new credentials.
+    NewCredentials(LinkedClusterSpec),
+}
+
+/// The changes from `running` to `wanted`, unlinks first. A cluster whose domains changed
+/// is unlinked and linked again: its old index (with identities in the old trust domain)
+/// must leave every stream.
+fn changes(
+    running: &BTreeMap<String, LinkedClusterSpec>,
+    wanted: &BTreeMap<String, LinkedClusterSpec>,
+    local: &str,
+) -> Vec<Change> {
+    let mut unlinks = Vec::new();
+    let mut links = Vec::new();
+    for name in running.keys().filter(|n| !wanted.contains_key(*n)) {
+        unlinks.push(Change::Unlink(name.clone()));
     }
+    for (name, spec) in wanted {
+        if name == local {
+            warn!(cluster = %name, secret = %spec.secret, "ignoring a link to the local cluster itself");
+            continue;
+        }
+        match running.get(name) {
+            Some(old) if old == spec => {}
+            Some(old)
+                if old.trust_domain == spec.trust_domain
+                    && old.cluster_domain == spec.cluster_domain =>
+            {
+                links.push(Change::NewCredentials(spec.clone()));
+            }
+            Some(_) => {
+                unlinks.push(Change::Unlink(name.clone()));
+                links.push(Change::Link(spec.clone()));
+            }
+            None => links.push(Change::Link(spec.clone())),
+        }
+    }
+    unlinks.extend(links);
+    unlinks
+}
+
+/// Starts and stops sources as `specs` changes until `shutdown` turns true.
+async fn follow_links(
+    sources: &impl LinkedSources,
+    mut specs: watch::Receiver<Arc<BTreeMap<String, LinkedClusterSpec>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut running: BTreeMap<String, RunningCluster> = BTreeMap::new();
+    loop {
+        let wanted = specs.borrow_and_update().clone();
+        let specs_running = running
+            .iter()
+            .map(|(name, c)| (name.clone(), c.spec.clone()))
+            .collect();
+        let local = Arc::clone(&sources.base().cluster_name);
+        for change in changes(&specs_running, &wanted, &local) {
+            apply_change(sources, &mut running, change).await;
+        }
+        join_synced(sources.clusters(), &mut running);
+        tokio::select! {
+            r = specs.changed() => if r.is_err() { break },
+            _ = next_joinable(&running) => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    for cluster in running.into_values() {
+        let _ = cluster.stop.send(true);
+    }
+}
+
+/// Carries out one change.
+async fn apply_change(
+    sources: &impl LinkedSources,
+    running: &mut BTreeMap<String, RunningCluster>,
+    change: Change,
+) {
+    match change {
+        Change::Unlink(name) => {
+            if let Some(cluster) = running.remove(&name) {
+                let _ = cluster.stop.send(true);
+            }
+            sources.clusters().remove(&name);
+            info!(cluster = %name, "unlinked cluster");
+        }
+        Change::Link(spec) => {
+            let handle = ClusterHandle::new(ClusterIndex::shared(IndexConfig {
+                cluster_name: Arc::from(spec.name.as_str()),
+                cluster_domain: spec.cluster_domain.clone(),
+                trust_domain: spec.trust_domain.clone(),
+                ..sources.base().clone()
+            }));
+            let stop = sources.start(&handle, &spec).await;
+            info!(cluster = %spec.name, secret = %spec.secret, "linking cluster");
+            running.insert(
+                spec.name.clone(),
+                RunningCluster {
+                    spec,
+                    handle,
+                    stop,
+                    pending_since: Some(tokio::time::Instant::now()),
+                },
+            );
+        }
+        Change::NewCredentials(spec) => {
+            if let Some(cluster) = running.get_mut(&spec.name) {
+                sources.new_credentials(cluster, &spec).await;
+            }
+        }
+    }
+}
+
+/// Adds to the cluster set the pending clusters whose initial load is in, or that have
+/// waited `LINK_SYNC_GRACE` (as stale): streams never see a cluster's endpoints before
+/// its pods (identities) are known.
+fn join_synced(clusters: &ClusterSet, running: &mut BTreeMap<String, RunningCluster>) {
+    for (name, cluster) in running.iter_mut() {
+        let Some(since) = cluster.pending_since else {
+            continue;
+        };
+        let synced = cluster.handle.status.is_synced();
+        if !synced && since.elapsed() < LINK_SYNC_GRACE {
+            continue;
+        }
+        cluster.pending_since = None;
+        clusters.insert(cluster.handle.clone());
+        match synced {
+            true => info!(cluster = %name, "linked cluster"),
+            false => warn!(
+                cluster = %name,
+                error = cluster.handle.status.last_error().unwrap_or_default(),
+                "linked cluster not listed yet; serving it as stale"
+            ),
+        }
+    }
+}
+
+/// Resolves when a pending cluster has synced or waited out its grace; never when none
+/// is pending.
+async fn next_joinable(running: &BTreeMap<String, RunningCluster>) {
+    let waits: Vec<_> = running
+        .values()
+        .filter_map(|cluster| {
+            let since = cluster.pending_since?;
+            let status = Arc::clone(&cluster.handle.status);
+            Some(Box::pin(async move {
+                tokio::select! {
+                    _ = status.wait_synced() => {}
+                    _ = tokio::time::sleep_until(since + LINK_SYNC_GRACE) => {}
+                }
+            }))
+        })
+        .collect();
+    if waits.is_empty() {
+        return std::future::pending().await;
+    }
+    futures::future::select_all(waits).await;
 }
 
 /// Starts watching the cluster `spec` describes into `handle`; returns its stop switch.
@@ -266,4 +336,50 @@ async fn client_from_kubeconfig(kubeconfig: Option<&[u8]>) -> anyhow::Result<kub
         .await
         .context("invalid kubeconfig")?;
     kube::Client::try_from(config).context("cannot build a client")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, trust_domain: &str, kubeconfig: &str) -> LinkedClusterSpec {
+        LinkedClusterSpec {
+            name: name.into(),
+            secret: format!("linkerd/cluster-credentials-{name}"),
+            trust_domain: trust_domain.into(),
+            cluster_domain: "cluster.local".into(),
+            kubeconfig: Some(Arc::from(kubeconfig.as_bytes())),
+        }
+    }
+
+    fn map(specs: &[LinkedClusterSpec]) -> BTreeMap<String, LinkedClusterSpec> {
+        specs.iter().map(|s| (s.name.clone(), s.clone())).collect()
+    }
+
+    #[test]
+    fn changes_link_unlink_and_swap_credentials() {
+        let running = map(&[
+            spec("west", "west.example", "a"),
+            spec("east", "east.example", "a"),
+            spec("north", "north.example", "a"),
+        ]);
+        let wanted = map(&[
+            spec("west", "west.example", "b"),
+            spec("east", "east.example", "a"),
+            spec("north", "other.example", "a"),
+            spec("south", "south.example", "a"),
+            spec("local", "local.example", "a"),
+        ]);
+        assert_eq!(
+            changes(&running, &wanted, "local"),
+            [
+                Change::Unlink("north".into()),
+                Change::Link(spec("north", "other.example", "a")),
+                Change::Link(spec("south", "south.example", "a")),
+                Change::NewCredentials(spec("west", "west.example", "b")),
+            ]
+        );
+        assert_eq!(changes(&wanted, &BTreeMap::new(), "local").len(), 5);
+        assert!(changes(&running, &running, "local").is_empty());
+    }
 }

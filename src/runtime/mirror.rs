@@ -126,7 +126,7 @@ pub async fn once(args: &MirrorArgs) -> Result<String> {
     let dry = std::mem::take(&mut *dry.lock());
     let doc = serde_json::json!({ "apply": dry.apply, "delete": dry.delete });
     Ok(match args.output {
-        MirrorOutput::Yaml => serde_yaml::to_string(&doc)?,
+        MirrorOutput::Yaml => crate::k8s::link::to_yaml(&doc)?,
         MirrorOutput::Json => format!("{}\n", serde_json::to_string_pretty(&doc)?),
     })
 }

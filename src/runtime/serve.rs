@@ -325,17 +325,20 @@ async fn local_client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
 /// Waits until the local cluster's initial lists are in, saying what it waits for.
 async fn wait_for_sync(local: &ClusterHandle) {
     let started = tokio::time::Instant::now();
-    let mut next_log = started + std::time::Duration::from_secs(10);
-    while !local.status.is_synced() {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        if tokio::time::Instant::now() >= next_log {
-            next_log += std::time::Duration::from_secs(10);
-            warn!(
-                waited = ?started.elapsed(),
-                error = local.status.last_error().unwrap_or_default(),
-                "still waiting for the local cluster's initial lists; not serving gRPC yet"
-            );
+    loop {
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            local.status.wait_synced(),
+        )
+        .await;
+        if waited.is_ok() {
+            return;
         }
+        warn!(
+            waited = ?started.elapsed(),
+            error = local.status.last_error().unwrap_or_default(),
+            "still waiting for the local cluster's initial lists; not serving gRPC yet"
+        );
     }
 }
 

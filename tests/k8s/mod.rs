@@ -226,38 +226,28 @@ pub async fn service_account_token(admin: &Client, ns: &str, name: &str) -> Stri
 /// Applies every document of every file a kustomization lists (server-side apply), as
 /// `kubectl apply -k` would for plain resource lists.
 pub async fn apply_kustomization(client: &Client, dir: &Path) {
-    let k: serde_yaml::Value = serde_yaml::from_str(
+    #[derive(serde::Deserialize)]
+    struct Kustomization {
+        resources: Vec<String>,
+    }
+    let k: Kustomization = serde_saphyr::from_str(
         &std::fs::read_to_string(dir.join("kustomization.yaml")).expect("kustomization.yaml"),
     )
     .expect("kustomization parses");
-    let resources = k["resources"].as_sequence().expect("resources list");
-    for r in resources {
-        let path = dir.join(r.as_str().expect("resource path"));
+    for r in k.resources {
+        let path = dir.join(r);
         let text = std::fs::read_to_string(&path).expect("resource file");
         apply_yaml(client, &text).await;
     }
 }
 
-/// Applies each YAML document of `text`.
+/// Applies each YAML document of `text` (empty documents are skipped).
 pub async fn apply_yaml(client: &Client, text: &str) {
-    for obj in yaml_objects(text) {
+    let objects: Vec<DynamicObject> =
+        serde_saphyr::from_multiple(text).expect("Kubernetes objects");
+    for obj in objects {
         apply_dynamic(client, obj).await;
     }
-}
-
-/// The objects of a multi-document YAML text (parsed before any await: the parser is
-/// not `Send`).
-fn yaml_objects(text: &str) -> Vec<DynamicObject> {
-    use serde::Deserialize;
-    let mut objects = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let value = serde_yaml::Value::deserialize(doc).expect("YAML document");
-        if value.is_null() {
-            continue;
-        }
-        objects.push(serde_yaml::from_value(value).expect("a Kubernetes object"));
-    }
-    objects
 }
 
 pub async fn apply_dynamic(client: &Client, obj: DynamicObject) {

@@ -439,7 +439,7 @@ proptest! {
         let bad_docs: Vec<usize> = docs.iter().enumerate().filter(|(_, d)| matches!(d, Doc::Bad(_))).map(|(i, _)| i + 1).collect();
         prop_assert_eq!(errors.len(), bad_docs.len(), "{}\nerrors: {:?}", text, errors);
         for (error, n) in errors.iter().zip(&bad_docs) {
-            prop_assert!(names_document(error, *n), "{:?} should name document {}", error, n);
+            prop_assert!(names_document(&error.to_string(), *n), "{:?} should name document {}", error, n);
         }
         check_invariants(&objects)?;
     }

@@ -66,56 +66,158 @@ impl ObjectKey {
     }
 }
 
-/// Parses every YAML document of `text`. Returns the objects read and one message per
-/// document that could not be read; documents of other kinds are skipped silently.
-pub fn parse_manifests(text: &str) -> (BTreeMap<ObjectKey, Object>, Vec<String>) {
+/// Why a document of a manifest file was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    /// Not YAML, or not a mapping.
+    #[error("document {doc}: invalid YAML: {message}")]
+    Syntax { doc: usize, message: String },
+    /// `apiVersion` or `kind` is missing.
+    #[error("document {doc}: missing {field}")]
+    MissingField { doc: usize, field: &'static str },
+    /// A kind meshlink reads, whose fields do not fit it.
+    #[error("document {doc}: invalid {kind:?}: {message}")]
+    InvalidObject {
+        doc: usize,
+        kind: Kind,
+        message: String,
+    },
+    /// An object without a name.
+    #[error("document {doc}: {kind:?} has no metadata.name")]
+    NoName { doc: usize, kind: Kind },
+}
+
+impl DocumentError {
+    /// A fixed value for a metric label (the message holds the details).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Syntax { .. } => "invalid_yaml",
+            Self::MissingField { .. } => "missing_field",
+            Self::InvalidObject { .. } => "invalid_object",
+            Self::NoName { .. } => "missing_name",
+        }
+    }
+}
+
+/// The two fields that say what a document is.
+#[derive(Deserialize)]
+struct Header {
+    #[serde(rename = "apiVersion")]
+    api_version: Option<String>,
+    kind: Option<String>,
+}
+
+/// Parses every YAML document of `text`. Returns the objects read and one error per
+/// document that could not be read (the others are read all the same); documents of
+/// other kinds are skipped silently.
+pub fn parse_manifests(text: &str) -> (BTreeMap<ObjectKey, Object>, Vec<DocumentError>) {
     let mut objects = BTreeMap::new();
     let mut errors = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let n = i + 1;
-        let value = match serde_yaml::Value::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => continue,
-            Ok(v) => v,
-            Err(e) => {
-                errors.push(format!("document {n}: invalid YAML: {e}"));
-                // The parser cannot resynchronise after a syntax error.
-                break;
-            }
-        };
-        match to_object(value) {
+    for doc in documents(text) {
+        match read_document(&doc) {
             Ok(Some(obj)) => {
                 let key = ObjectKey::of(&obj);
                 if key.name.is_empty() {
-                    errors.push(format!("document {n}: {:?} has no metadata.name", key.kind));
+                    errors.push(DocumentError::NoName {
+                        doc: doc.number,
+                        kind: key.kind,
+                    });
                     continue;
                 }
                 objects.insert(key, normalize(obj));
             }
             Ok(None) => {}
-            Err(e) => errors.push(format!("document {n}: {e}")),
+            Err(e) => errors.push(e),
         }
     }
     (objects, errors)
 }
 
-fn to_object(value: serde_yaml::Value) -> Result<Option<Object>, String> {
-    let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_string);
-    let api_version = field("apiVersion").ok_or("missing apiVersion")?;
-    let kind = field("kind").ok_or("missing kind")?;
+/// One YAML document of a file.
+struct Document<'a> {
+    /// 1-based, counting empty documents as YAML does.
+    number: usize,
+    /// The document, preceded by as many newlines as lines before it in the file, so that
+    /// the parser's line numbers are the file's.
+    text: std::borrow::Cow<'a, str>,
+}
+
+/// Splits `text` into its documents. A line starting with `---` begins one: YAML forbids
+/// such a line inside any scalar, so the split is exact, and a syntax error in one
+/// document does not hide the next ones.
+fn documents(text: &str) -> Vec<Document<'_>> {
+    let is_marker = |line: &str| {
+        line.strip_prefix("---")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r']))
+    };
+    // (first line, byte offset) of each document.
+    let mut starts = vec![(0, 0)];
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if is_marker(line.trim_end_matches('\n')) {
+            starts.push((i, offset));
+        }
+        offset += line.len();
+    }
+    // Before the first marker there is a document only if something other than comments
+    // and directives is written there.
+    let preamble = &text[..starts.get(1).map_or(text.len(), |s| s.1)];
+    let has_content = |t: &str| {
+        t.lines().any(|l| {
+            let l = l.trim();
+            !(l.is_empty() || l.starts_with('#') || l.starts_with('%'))
+        })
+    };
+    if starts.len() > 1 && !has_content(preamble) {
+        starts.remove(0);
+    }
+    let ends = starts.iter().skip(1).map(|s| s.1).chain([text.len()]);
+    starts
+        .iter()
+        .zip(ends)
+        .enumerate()
+        .map(|(i, (&(line, from), to))| Document {
+            number: i + 1,
+            text: match line {
+                0 => text[from..to].into(),
+                _ => format!("{}{}", "\n".repeat(line), &text[from..to]).into(),
+            },
+        })
+        .collect()
+}
+
+/// Reads one document as an object of a kind meshlink reads; `None` for an empty
+/// document or another kind.
+fn read_document(doc: &Document<'_>) -> Result<Option<Object>, DocumentError> {
+    let n = doc.number;
+    let header: Option<Header> =
+        from_yaml(&doc.text).map_err(|message| DocumentError::Syntax { doc: n, message })?;
+    let Some(header) = header else {
+        return Ok(None);
+    };
+    let missing = |field| DocumentError::MissingField { doc: n, field };
+    let api_version = header.api_version.ok_or(missing("apiVersion"))?;
+    let kind = header.kind.ok_or(missing("kind"))?;
     fn de<T: serde::de::DeserializeOwned>(
-        value: serde_yaml::Value,
-        what: &str,
-    ) -> Result<T, String> {
-        serde_yaml::from_value(value).map_err(|e| format!("invalid {what}: {e}"))
+        doc: &Document<'_>,
+        kind: Kind,
+    ) -> Result<Box<T>, DocumentError> {
+        from_yaml(&doc.text)
+            .map(Box::new)
+            .map_err(|message| DocumentError::InvalidObject {
+                doc: doc.number,
+                kind,
+                message,
+            })
     }
     let obj = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Namespace") => Object::Namespace(Box::new(de(value, "Namespace")?)),
-        ("v1", "Node") => Object::Node(Box::new(de(value, "Node")?)),
-        ("v1", "Pod") => Object::Pod(Box::new(de(value, "Pod")?)),
-        ("v1", "Secret") => Object::Secret(Box::new(de(value, "Secret")?)),
-        ("v1", "Service") => Object::Service(Box::new(de(value, "Service")?)),
+        ("v1", "Namespace") => Object::Namespace(de(doc, Kind::Namespace)?),
+        ("v1", "Node") => Object::Node(de(doc, Kind::Node)?),
+        ("v1", "Pod") => Object::Pod(de(doc, Kind::Pod)?),
+        ("v1", "Secret") => Object::Secret(de(doc, Kind::Secret)?),
+        ("v1", "Service") => Object::Service(de(doc, Kind::Service)?),
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            Object::EndpointSlice(Box::new(de(value, "EndpointSlice")?))
+            Object::EndpointSlice(de(doc, Kind::EndpointSlice)?)
         }
         _ => {
             tracing::debug!(%api_version, %kind, "skipping a kind meshlink does not read");
@@ -123,6 +225,13 @@ fn to_object(value: serde_yaml::Value) -> Result<Option<Object>, String> {
         }
     };
     Ok(Some(obj))
+}
+
+/// One YAML document as `T`; the error on one line, with its position in the file.
+fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let options = serde_saphyr::options! { with_snippet: false };
+    serde_saphyr::from_str_with_options(text, options)
+        .map_err(|e| e.to_string().lines().collect::<Vec<_>>().join(" "))
 }
 
 /// Gives namespaced objects their default namespace and drops what is never read.
@@ -184,12 +293,13 @@ metadata: {}
             (key.kind, key.namespace.as_str(), key.name.as_str()),
             (Kind::Service, "shop", "web")
         );
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(
             errors[0].contains("document 3") && errors[0].contains("apiVersion"),
             "{errors:?}"
         );
-        assert!(errors[1].contains("invalid Pod"), "{errors:?}");
+        assert!(errors[1].contains("document 4: invalid Pod"), "{errors:?}");
         assert!(errors[2].contains("no metadata.name"), "{errors:?}");
     }
 
@@ -197,6 +307,38 @@ metadata: {}
     fn syntax_errors_are_reported() {
         let (objects, errors) = parse_manifests("apiVersion: v1\nkind: [unclosed\n");
         assert!(objects.is_empty());
-        assert!(errors[0].contains("invalid YAML"), "{errors:?}");
+        assert!(errors[0].to_string().contains("invalid YAML"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_syntax_error_spares_the_next_documents_and_says_where() {
+        let text = "# leading comment
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: [oops
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-a
+  labels: {zone: \"a --- b\"}
+data: |
+  --- not a marker: indented
+";
+        let (objects, errors) = parse_manifests(text);
+        let names: Vec<&str> = objects.keys().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["shop", "node-a"], "{errors:?}");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let DocumentError::Syntax { doc, message } = &errors[0] else {
+            panic!("{errors:?}");
+        };
+        assert_eq!(*doc, 3, "{message}");
+        assert!(message.contains("line 10"), "{message}");
     }
 }
