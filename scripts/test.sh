@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every check, as CI runs it: formatting, lints, unit and integration tests (the Kubernetes
-# ones against real kube-apiservers), and the README smoke test. Needs only cargo and go on
-# the PATH; everything else it fetches or builds (kube-apiserver and etcd are built once,
-# about 5 minutes, and cached in ~/.cache/meshlink/k8s).
+# ones against real kube-apiservers), the README smoke test, the benchmark's quick modes and
+# the container image check. Needs only cargo and go on the PATH (and root with apt-get for
+# the image check's buildah); everything else it fetches or builds (kube-apiserver and etcd
+# are built once, about 5 minutes, and cached in ~/.cache/meshlink/k8s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +20,5 @@ echo "== smoke test of the README commands"
 echo "== benchmark, quick mode (in-process world, then through a real API server)"
 cargo bench --locked --bench destination -- --quick --json target/bench-quick.json
 ./scripts/bench-kube.sh --quick --json target/bench-kube-quick.json
+echo "== container image (Dockerfile) builds and runs"
+./scripts/image-check.sh
