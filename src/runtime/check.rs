@@ -8,11 +8,11 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use k8s_openapi::{
     api::{core::v1::Secret, core::v1::Service, discovery::v1::EndpointSlice},
@@ -206,7 +206,7 @@ impl Report {
 
 /// Lists the Links and gathers, for each, what its checks judge.
 pub async fn report(args: &CheckArgs) -> Result<Report> {
-    let local = local_client(args.kubeconfig.as_deref()).await?;
+    let local = super::local_client(args.kubeconfig.as_deref(), "").await?;
     let ar = ApiResource::erase::<Link>(&());
     let links: Api<DynamicObject> = Api::namespaced_with(local.clone(), &args.namespace, &ar);
     let listed = tokio::time::timeout(args.timeout, links.list(&ListParams::default())).await;
@@ -257,23 +257,6 @@ pub async fn report(args: &CheckArgs) -> Result<Report> {
         rows.extend(judge(&facts, now, args.stale_after));
     }
     Ok(Report::new(&args.namespace, rows))
-}
-
-/// A client of the local API server: `--kubeconfig`, else what kube infers.
-async fn local_client(kubeconfig: Option<&Path>) -> Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read --kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("invalid --kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer().await.context(
-            "no Kubernetes configuration found (pass --kubeconfig, set KUBECONFIG, or run in a pod)",
-        )?,
-    };
-    Client::try_from(config).context("cannot build a Kubernetes client")
 }
 
 /// Everything the checks of one Link judge.

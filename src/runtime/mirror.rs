@@ -1,6 +1,6 @@
 //! `meshlink mirror`: the service mirror, with its admin server and leader election.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context, Result};
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
@@ -51,22 +51,6 @@ pub async fn run(args: MirrorArgs) -> Result<()> {
     Ok(())
 }
 
-async fn local_client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read --kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default())
-                .await
-                .with_context(|| format!("invalid --kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no Kubernetes configuration found (pass --kubeconfig or run in a pod)")?,
-    };
-    kube::Client::try_from(config).context("cannot build a Kubernetes client")
-}
-
 async fn shared(
     args: &MirrorArgs,
     client: kube::Client,
@@ -96,7 +80,7 @@ async fn shared(
 /// One pass over every Link; with `--dry-run`, nothing is written and what would be is
 /// returned as YAML (or JSON).
 pub async fn once(args: &MirrorArgs) -> Result<String> {
-    let client = local_client(args.kubeconfig.as_deref()).await?;
+    let client = super::local_client(args.kubeconfig.as_deref(), "").await?;
     let (_stop, shutdown) = watch::channel(false);
     let dry = args
         .dry_run
@@ -133,7 +117,7 @@ pub async fn once(args: &MirrorArgs) -> Result<String> {
 
 /// Starts the mirror: admin server, local watches, leader election, one reconciler per Link.
 pub async fn spawn(args: MirrorArgs) -> Result<Mirror> {
-    let client = local_client(args.kubeconfig.as_deref()).await?;
+    let client = super::local_client(args.kubeconfig.as_deref(), "").await?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let listener = TcpListener::bind(args.admin_addr)
         .await

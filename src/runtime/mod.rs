@@ -50,3 +50,28 @@ pub async fn wait_for_signal() {
     }
     let _ = tokio::signal::ctrl_c().await;
 }
+
+/// A client of the local API server: `--kubeconfig`, else what kube infers ($KUBECONFIG,
+/// ~/.kube/config, the in-cluster service account). `hint` ends the error when none is found.
+pub(crate) async fn local_client(
+    kubeconfig: Option<&std::path::Path>,
+    hint: &str,
+) -> Result<kube::Client> {
+    use anyhow::Context;
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read --kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .with_context(|| format!("invalid --kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.with_context(|| {
+            format!(
+                "no Kubernetes configuration found (pass --kubeconfig, set KUBECONFIG, or run in a pod){hint}"
+            )
+        })?,
+    };
+    tracing::info!(api_server = %config.cluster_url, "using the local cluster's API server");
+    kube::Client::try_from(config).context("cannot build a Kubernetes client")
+}

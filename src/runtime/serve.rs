@@ -1,10 +1,6 @@
 //! `meshlink serve`: load the local cluster, then serve gRPC and admin until SIGTERM.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::{Context, Result, bail};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
@@ -215,9 +211,14 @@ async fn source_for(args: &ServeArgs) -> Result<Source> {
             }
             Ok(Source::Manifests(manifests.clone()))
         }
-        None => Ok(Source::Kube(
-            local_client(args.kubeconfig.as_deref()).await?,
-        )),
+        None => {
+            let client = super::local_client(
+                args.kubeconfig.as_deref(),
+                "; to run without a cluster, pass --manifests DIR",
+            )
+            .await?;
+            Ok(Source::Kube(client))
+        }
     }
 }
 
@@ -300,26 +301,6 @@ impl Sources {
             Ok(())
         });
     }
-}
-
-/// A client of the local API server: `--kubeconfig`, else what kube infers
-/// ($KUBECONFIG, ~/.kube/config, the in-cluster service account).
-async fn local_client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read --kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default())
-                .await
-                .with_context(|| format!("invalid --kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer().await.context(
-            "no Kubernetes configuration found (pass --kubeconfig, set KUBECONFIG, or run in a pod); \
-             to run without a cluster, pass --manifests DIR",
-        )?,
-    };
-    info!(api_server = %config.cluster_url, "watching the local cluster's API server");
-    kube::Client::try_from(config).context("cannot build a Kubernetes client")
 }
 
 /// Waits until the local cluster's initial lists are in, saying what it waits for.

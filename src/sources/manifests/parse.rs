@@ -229,7 +229,18 @@ fn read_document(doc: &Document<'_>) -> Result<Option<Object>, DocumentError> {
 
 /// One YAML document as `T`; the error on one line, with its position in the file.
 fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
-    let options = serde_saphyr::options! { with_snippet: false };
+    // Kubernetes objects rarely use anchors: a tight budget for them keeps an alias bomb
+    // (a few hundred bytes expanding to millions of nodes) to a few MiB.
+    let options = serde_saphyr::options! {
+        with_snippet: false,
+        budget: serde_saphyr::budget! {
+            max_aliases: 1_000,
+            max_anchors: 1_000,
+            max_recorded_anchor_events: 10_000,
+            max_recorded_anchor_bytes: 1024 * 1024,
+            max_events: 200_000,
+        },
+    };
     serde_saphyr::from_str_with_options(text, options)
         .map_err(|e| e.to_string().lines().collect::<Vec<_>>().join(" "))
 }
