@@ -7,5 +7,6 @@ pub use k8s_openapi::api::{
 };
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+pub mod client;
 pub mod labels;
 pub mod link;

@@ -33,7 +33,9 @@ use super::{
     status::{self, Health},
 };
 use crate::k8s::{
-    EndpointSlice, Namespace, Secret, Service, labels,
+    EndpointSlice, Namespace, Secret, Service,
+    client::{client_from_kubeconfig, secret_kubeconfig},
+    labels,
     link::{Link, MirrorTrouble},
 };
 
@@ -290,36 +292,11 @@ async fn remote_client(local: &Client, cfg: &LinkConfig) -> Result<Client, Strin
             cfg.namespace, cfg.credentials_secret
         )
     })?;
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(labels::KUBECONFIG_KEY))
-        .ok_or_else(|| {
-            format!(
-                "Secret {}/{} has no {} key",
-                cfg.namespace,
-                cfg.credentials_secret,
-                labels::KUBECONFIG_KEY
-            )
-        })?;
-    let text =
-        std::str::from_utf8(&bytes.0).map_err(|_| "the kubeconfig is not UTF-8".to_string())?;
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(text).map_err(|e| {
-        format!(
-            "the kubeconfig in Secret {} does not parse: {e}",
-            cfg.credentials_secret
-        )
-    })?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+    let source = format!("Secret {}/{}", cfg.namespace, cfg.credentials_secret);
+    client_from_kubeconfig(secret_kubeconfig(&secret), &source)
         .await
-        .map_err(|e| {
-            format!(
-                "the kubeconfig in Secret {} is invalid: {e}",
-                cfg.credentials_secret
-            )
-        })?;
-    Client::try_from(config)
-        .map_err(|e| format!("cannot build a client of the target cluster: {e}"))
+        .map(|(client, _)| client)
+        .map_err(|e| e.to_string())
 }
 
 /// Watches one kind in the target cluster into a store, reporting health and changes.

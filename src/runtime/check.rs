@@ -22,12 +22,12 @@ use k8s_openapi::{
 use kube::{
     Api, Client,
     api::{ApiResource, DynamicObject, ListParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use serde::Serialize;
 
 use crate::{
     k8s::{
+        client::{client_from_kubeconfig, secret_kubeconfig},
         labels,
         link::{Link, LinkSpec, LinkStatus},
     },
@@ -348,27 +348,10 @@ async fn remote_client(
         Ok(Err(e)) => return Err(format!("cannot read Secret {namespace}/{name}: {e}")),
         Err(_) => return Err(format!("reading Secret {namespace}/{name} timed out")),
     };
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(labels::KUBECONFIG_KEY))
-        .ok_or_else(|| {
-            format!(
-                "Secret {namespace}/{name} has no `{}` key",
-                labels::KUBECONFIG_KEY
-            )
-        })?;
-    let text = std::str::from_utf8(&bytes.0)
-        .map_err(|_| format!("the kubeconfig in Secret {namespace}/{name} is not UTF-8"))?;
-    let file = Kubeconfig::from_yaml(text)
-        .map_err(|e| format!("the kubeconfig in Secret {namespace}/{name} does not parse: {e}"))?;
-    let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+    let source = format!("Secret {namespace}/{name}");
+    client_from_kubeconfig(secret_kubeconfig(&secret), &source)
         .await
-        .map_err(|e| format!("the kubeconfig in Secret {namespace}/{name} is not usable: {e}"))?;
-    let server = config.cluster_url.to_string();
-    let client = Client::try_from(config)
-        .map_err(|e| format!("cannot build a client from Secret {namespace}/{name}: {e}"))?;
-    Ok((client, server))
+        .map_err(|e| e.to_string())
 }
 
 async fn list_one_service(client: &Client, timeout: Duration) -> Result<(), String> {

@@ -10,6 +10,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     index::{ClusterHandle, ClusterIndex, ClusterSet, IndexConfig, LinkedClusterSpec},
+    k8s::client::client_from_kubeconfig,
     metrics::Metrics,
     sources::{kube::KubeSource, manifests::ManifestSource},
 };
@@ -309,10 +310,11 @@ async fn start_kube_source(
     spec: &LinkedClusterSpec,
 ) -> watch::Sender<bool> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let client = match client_from_kubeconfig(spec.kubeconfig.as_deref()).await {
-        Ok(client) => client,
+    let source = format!("Secret {}", spec.secret);
+    let client = match client_from_kubeconfig(spec.kubeconfig.as_deref(), &source).await {
+        Ok((client, _)) => client,
         Err(e) => {
-            let reason = format!("cannot use the kubeconfig of Secret {}: {e}", spec.secret);
+            let reason = e.to_string();
             warn!(cluster = %spec.name, error = %reason, "linked cluster is not watched");
             handle.status.set_stale(reason);
             return stop_tx;
@@ -324,18 +326,6 @@ async fn start_kube_source(
             .instrument(info_span!("kube", cluster = %spec.name)),
     );
     stop_tx
-}
-
-/// A client from the kubeconfig bytes of a credentials Secret (its current context).
-async fn client_from_kubeconfig(kubeconfig: Option<&[u8]>) -> anyhow::Result<kube::Client> {
-    use anyhow::Context;
-    let bytes = kubeconfig.context("the Secret has no kubeconfig")?;
-    let text = std::str::from_utf8(bytes).context("the kubeconfig is not UTF-8")?;
-    let file = kube::config::Kubeconfig::from_yaml(text).context("invalid kubeconfig")?;
-    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
-        .await
-        .context("invalid kubeconfig")?;
-    kube::Client::try_from(config).context("cannot build a client")
 }
 
 #[cfg(test)]
