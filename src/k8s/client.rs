@@ -37,11 +37,10 @@ pub async fn client_from_kubeconfig(
     let bytes = kubeconfig.ok_or_else(|| KubeconfigError::Missing { secret: secret() })?;
     let text =
         std::str::from_utf8(bytes).map_err(|_| KubeconfigError::NotUtf8 { secret: secret() })?;
-    let file =
-        kube::config::Kubeconfig::from_yaml(text).map_err(|e| KubeconfigError::Parse {
-            secret: secret(),
-            error: e.to_string(),
-        })?;
+    let file = kube::config::Kubeconfig::from_yaml(text).map_err(|e| KubeconfigError::Parse {
+        secret: secret(),
+        error: e.to_string(),
+    })?;
     let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
         .await
         .map_err(|e| KubeconfigError::Unusable {

@@ -90,6 +90,13 @@ pub struct ProbeSpec {
     pub failure_threshold: Option<String>,
 }
 
+/// Condition type: the last full sync with the target cluster succeeded.
+pub const CONDITION_TARGET_SYNCED: &str = "TargetSynced";
+/// Condition type: every selected service is mirrored (else a reason such as `Conflict`).
+pub const CONDITION_MIRRORS_READY: &str = "MirrorsReady";
+/// Condition type (gateway mode): the gateway answers its probe.
+pub const CONDITION_GATEWAY_ALIVE: &str = "GatewayAlive";
+
 /// What the service mirror reports about a Link, on its status subresource. Kept small:
 /// counts, and one entry per service in trouble only (never one per mirrored service).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

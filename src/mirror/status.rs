@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::k8s::link::{Link, LinkStatus, MirrorTrouble, MirroredServices};
+use crate::k8s::link::{
+    CONDITION_GATEWAY_ALIVE, CONDITION_MIRRORS_READY, CONDITION_TARGET_SYNCED, Link, LinkStatus,
+    MirrorTrouble, MirroredServices,
+};
 
 /// How the watches of the target cluster are doing.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -94,7 +97,7 @@ pub fn build(
     };
     conditions.push(condition(
         previous,
-        "MirrorsReady",
+        CONDITION_MIRRORS_READY,
         ok,
         reason,
         message,
@@ -112,7 +115,7 @@ pub fn build(
         };
         conditions.push(condition(
             previous,
-            "GatewayAlive",
+            CONDITION_GATEWAY_ALIVE,
             ok,
             reason,
             message,
@@ -138,7 +141,7 @@ fn target_synced(
     match health.failing.iter().next() {
         None => condition(
             previous,
-            "TargetSynced",
+            CONDITION_TARGET_SYNCED,
             true,
             "Synced",
             "watching the target cluster".into(),
@@ -146,7 +149,7 @@ fn target_synced(
         ),
         Some((what, e)) => condition(
             previous,
-            "TargetSynced",
+            CONDITION_TARGET_SYNCED,
             false,
             "TargetUnreachable",
             format!("cannot watch {what} of the target cluster (mirrors kept): {e}"),
@@ -162,7 +165,7 @@ pub fn invalid(link: &Link, reason: &str, message: &str) -> LinkStatus {
     LinkStatus {
         conditions: vec![condition(
             previous,
-            "TargetSynced",
+            CONDITION_TARGET_SYNCED,
             false,
             reason,
             message.to_string(),

@@ -29,7 +29,10 @@ use crate::{
     k8s::{
         client::{client_from_kubeconfig, secret_kubeconfig},
         labels,
-        link::{Link, LinkSpec, LinkStatus},
+        link::{
+            CONDITION_GATEWAY_ALIVE as GATEWAY_ALIVE, CONDITION_MIRRORS_READY as MIRRORS_READY,
+            CONDITION_TARGET_SYNCED as TARGET_SYNCED, Link, LinkSpec, LinkStatus,
+        },
     },
     mirror::probe::ProbeSpec,
 };
@@ -430,11 +433,6 @@ async fn gateway_mirrors(
 }
 
 // === judging ===
-
-/// Condition types of the Link status (written by the mirror's reconciler).
-const TARGET_SYNCED: &str = "TargetSynced";
-const MIRRORS_READY: &str = "MirrorsReady";
-const GATEWAY_ALIVE: &str = "GatewayAlive";
 
 /// How many names a row lists before "and N more".
 const LIST_AT_MOST: usize = 10;
