@@ -339,10 +339,11 @@ pub fn run_child(spec: WorldSpec) -> anyhow::Result<()> {
                 default_opaque_ports: Arc::new(PortSet::default()),
                 send_timeout: spec.send_timeout,
                 request_timeout: Duration::from_secs(10),
-                max_pending_requests: 30_000,
+                max_pending_requests: meshlink::grpc::server::DEFAULT_MAX_PENDING_REQUESTS,
             },
             meshlink::grpc::server::ConnectionLimits {
-                max_streams_per_connection: 10_000,
+                max_streams_per_connection:
+                    meshlink::grpc::server::DEFAULT_MAX_STREAMS_PER_CONNECTION,
                 preface_timeout: Duration::from_secs(10),
                 shutdown_grace: Duration::from_secs(5),
             },

@@ -36,6 +36,12 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// A connection whose every stream stalled gets this long to take its GOAWAY.
 const STALLED_CONNECTION_GRACE: Duration = Duration::from_secs(1);
 
+/// The default of `--max-streams-per-connection`.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
+/// The default of `--max-pending-requests`: above a 20,000-request flood, so others are
+/// still served during one.
+pub const DEFAULT_MAX_PENDING_REQUESTS: usize = 30_000;
+
 /// Per-connection limits of the gRPC server.
 #[derive(Clone, Debug)]
 pub struct ConnectionLimits {

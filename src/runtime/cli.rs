@@ -111,12 +111,12 @@ pub struct ServeArgs {
     pub request_timeout: Duration,
 
     /// Concurrent streams one gRPC connection may open (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
-    #[arg(long, env = "MESHLINK_MAX_STREAMS_PER_CONNECTION", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "MESHLINK_MAX_STREAMS_PER_CONNECTION", default_value_t = crate::grpc::server::DEFAULT_MAX_STREAMS_PER_CONNECTION, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,
 
     /// Requests whose message is still being read, across all connections; more are
     /// refused with RESOURCE_EXHAUSTED until some finish.
-    #[arg(long, env = "MESHLINK_MAX_PENDING_REQUESTS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "MESHLINK_MAX_PENDING_REQUESTS", default_value_t = crate::grpc::server::DEFAULT_MAX_PENDING_REQUESTS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pending_requests: u64,
 
     /// How often manifest folders are checked for changes.
