@@ -135,23 +135,8 @@ impl Connection {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let mut preface = [0u8; PREFACE.len()];
-        match tokio::time::timeout(self.limits.preface_timeout, stream.read_exact(&mut preface))
-            .await
-        {
-            Ok(Ok(_)) if &preface == PREFACE => {}
-            Ok(Ok(_)) => {
-                debug!("not an HTTP/2 connection; closing it (gRPC needs HTTP/2)");
-                return;
-            }
-            Ok(Err(e)) => {
-                debug!(error = %e, "connection closed before the HTTP/2 preface");
-                return;
-            }
-            Err(_) => {
-                debug!(timeout = ?self.limits.preface_timeout, "no HTTP/2 preface in time; closing");
-                return;
-            }
+        if !read_preface(&mut stream, self.limits.preface_timeout).await {
+            return;
         }
         let streams = Arc::new(ConnectionStreams::default());
         let service = ConnectionService {
@@ -183,6 +168,27 @@ impl Connection {
         conn.as_mut().graceful_shutdown();
         if tokio::time::timeout(grace, conn).await.is_err() {
             debug!("connection did not finish within its grace; closed");
+        }
+    }
+}
+
+/// Reads the HTTP/2 client preface within `timeout`; false (and logged why) when the
+/// client is not speaking HTTP/2 or is too slow to.
+async fn read_preface<IO: AsyncRead + Unpin>(stream: &mut IO, timeout: Duration) -> bool {
+    let mut preface = [0u8; PREFACE.len()];
+    match tokio::time::timeout(timeout, stream.read_exact(&mut preface)).await {
+        Ok(Ok(_)) if &preface == PREFACE => true,
+        Ok(Ok(_)) => {
+            debug!("not an HTTP/2 connection; closing it (gRPC needs HTTP/2)");
+            false
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "connection closed before the HTTP/2 preface");
+            false
+        }
+        Err(_) => {
+            debug!(?timeout, "no HTTP/2 preface in time; closing");
+            false
         }
     }
 }
