@@ -11,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 use support::{
-    WAIT, http_get, next,
+    WAIT, free_port, http_get, next,
     world::{PodOpts, docs, pod, service},
 };
 use tokio::{io::AsyncReadExt, net::TcpStream, process::Child};
@@ -165,13 +165,6 @@ fn get(path: &str) -> linkerd2_proxy_api::destination::GetDestination {
         path: path.into(),
         context_token: String::new(),
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// A raw HTTP/2 connection, for requests no gRPC client would send.

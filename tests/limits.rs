@@ -66,7 +66,7 @@ impl Binary {
             admin,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while try_get(admin, "/ready").await.map(|r| r.0) != Ok(200) {
+        while try_get(admin, "/ready", PROBE_TIMEOUT).await.map(|r| r.0) != Ok(200) {
             assert!(Instant::now() < deadline, "meshlink did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -119,46 +119,6 @@ spec:
 "
     .to_string();
     docs(&[svc, pod(&PodOpts::default())])
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// An HTTP/1.1 GET that gives up after [`PROBE_TIMEOUT`], as a Kubernetes probe does.
-async fn try_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let request = async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        let mut buf = Vec::new();
-        stream
-            .read_to_end(&mut buf)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or(format!("no status line in {text:?}"))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, request)
-        .await
-        .map_err(|_| format!("GET {path}: no answer within {PROBE_TIMEOUT:?}"))?
 }
 
 /// Opens a connection and sends the start of a `GET /ready` that never ends.
@@ -233,7 +193,7 @@ async fn probes_are_answered_under_a_slowloris() {
     let mut probes = 0;
     while watchers.iter().any(|w| !w.is_finished()) {
         for path in ["/ready", "/live"] {
-            match try_get(server.admin, path).await {
+            match try_get(server.admin, path, PROBE_TIMEOUT).await {
                 Ok((200, _)) => probes += 1,
                 other => panic!(
                     "{path} failed {:?} into the slowloris: {other:?}",
@@ -255,7 +215,9 @@ async fn probes_are_answered_under_a_slowloris() {
         "half-open connections still open {header_timeout:?} + 2s after they were made ({probes} probes)"
     );
 
-    let (status, metrics) = try_get(server.admin, "/metrics").await.expect("metrics");
+    let (status, metrics) = try_get(server.admin, "/metrics", PROBE_TIMEOUT)
+        .await
+        .expect("metrics");
     assert_eq!(status, 200);
     let evicted = sample(
         &metrics,
@@ -309,7 +271,12 @@ async fn unfinished_and_idle_connections_are_closed() {
             .await
             .expect("the unfinished request's connection is closed");
     }
-    assert_eq!(try_get(server.admin, "/ready").await.map(|r| r.0), Ok(200));
+    assert_eq!(
+        try_get(server.admin, "/ready", PROBE_TIMEOUT)
+            .await
+            .map(|r| r.0),
+        Ok(200)
+    );
 }
 
 /// Under a limit of 64 open files, clients take every descriptor: the process does not spin
@@ -354,7 +321,9 @@ async fn accepting_at_the_fd_limit_backs_off() {
     drop(clients);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ready = try_get(server.admin, "/ready").await.map(|r| r.0);
+        let ready = try_get(server.admin, "/ready", PROBE_TIMEOUT)
+            .await
+            .map(|r| r.0);
         let get = server.get().await;
         if ready == Ok(200) && get.is_ok() {
             break;
@@ -366,7 +335,9 @@ async fn accepting_at_the_fd_limit_backs_off() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let (_, metrics) = try_get(server.admin, "/metrics").await.expect("metrics");
+    let (_, metrics) = try_get(server.admin, "/metrics", PROBE_TIMEOUT)
+        .await
+        .expect("metrics");
     assert_eq!(sample(&metrics, "process_max_fds"), Some(64.0), "{metrics}");
     let errors = sample(&metrics, "meshlink_accept_errors_total{listener=\"grpc\"}")
         .expect("accept error counter");

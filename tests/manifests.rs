@@ -68,13 +68,6 @@ impl Binary {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn web(pods: &[(&str, &str)]) -> String {
     let mut parts = vec![service("shop", "web", &[(80, "http", "http")])];
     for (name, ip) in pods {

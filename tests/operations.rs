@@ -325,13 +325,6 @@ async fn sigterm_stops_the_binary() {
     assert!(matches!(ended, Ok(None) | Err(_)), "{ended:?}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A critical task that dies (here the gRPC server, aborted as a crash would end it):
 /// `/ready` fails with the reason, then the server stops with an error, which `main`
 /// turns into a non-zero exit.
