@@ -208,10 +208,13 @@ fn framed(path: &str) -> Bytes {
 
 /// The grpc-status of a response, from its headers (trailers-only) or its trailers.
 async fn grpc_status(response: h2::client::ResponseFuture) -> (http::StatusCode, Option<String>) {
-    let response = tokio::time::timeout(Duration::from_secs(40), response)
+    tokio::time::timeout(Duration::from_secs(40), read_status(response))
         .await
-        .expect("a response in time")
-        .expect("a response");
+        .expect("a whole response in time")
+}
+
+async fn read_status(response: h2::client::ResponseFuture) -> (http::StatusCode, Option<String>) {
+    let response = response.await.expect("a response");
     let status = response.status();
     if let Some(s) = response.headers().get("grpc-status") {
         return (status, s.to_str().ok().map(String::from));
@@ -308,19 +311,30 @@ async fn request_deadlines_end_with_deadline_exceeded() {
         .expect("send");
     body.send_data(Bytes::from_static(&[0, 0, 0]), false)
         .expect("data");
-    assert_eq!(grpc_status(response).await.1.as_deref(), Some("4"));
+    let answered = tokio::time::timeout(WAIT, grpc_status(response))
+        .await
+        .expect("answered soon after the 1 s request timeout");
+    assert_eq!(answered.1.as_deref(), Some("4"));
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(900),
         "answered before the request timeout: {waited:?}"
     );
 
+    // The client's grpc-timeout, on a server whose own request timeout is far off: only
+    // the client's deadline can answer within the wait.
+    let patient = Binary::start(&["--request-timeout", "60s"]).await;
+    let (mut send, _conn) = raw_h2(patient.grpc, 65_535).await;
     let mut request = grpc_request("Get", "application/grpc");
     request
         .headers_mut()
         .insert("grpc-timeout", http::HeaderValue::from_static("200m"));
     let (response, _body) = send.send_request(request, false).expect("send");
-    assert_eq!(grpc_status(response).await.1.as_deref(), Some("4"));
+    let answered = tokio::time::timeout(WAIT, grpc_status(response))
+        .await
+        .expect("answered at the client's grpc-timeout, not the server's 60 s");
+    assert_eq!(answered.1.as_deref(), Some("4"));
+    patient.stop().await;
 
     // A whole request with a deadline: the stream is served, then ends when it passes.
     let mut client = server.client().await;
@@ -377,6 +391,7 @@ async fn oversized_foreign_and_long_requests_are_refused_briefly() {
         status.message().len()
     );
     let stderr = server.stop().await;
+    assert!(!stderr.is_empty(), "the server logged something to check");
     assert!(
         !stderr.contains('\u{1b}'),
         "logs to a pipe carry no colour codes"

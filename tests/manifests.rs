@@ -80,8 +80,12 @@ fn web(pods: &[(&str, &str)]) -> String {
     docs(&parts)
 }
 
-/// Truncates `path` and writes `text` in place, in two writes with a pause in between
-/// and after the truncation: what an editor saving in place may do.
+/// How long the file stays half-written: less than a poll.
+const HALF_WRITTEN: Duration = Duration::from_millis(30);
+
+/// Truncates `path` and writes `text` in place, in two writes: a pause of `pause` after
+/// the truncation, and one shorter than a poll between the halves, so a poll can see the
+/// half-written file (once, never twice in a row): what an editor saving in place may do.
 fn write_in_place(path: &Path, text: &str, pause: Duration) {
     let mut file = std::fs::File::create(path).expect("truncate");
     file.sync_all().expect("sync");
@@ -89,6 +93,7 @@ fn write_in_place(path: &Path, text: &str, pause: Duration) {
     let (head, tail) = text.split_at(text.len() / 2);
     file.write_all(head.as_bytes()).expect("write head");
     file.sync_all().expect("sync");
+    std::thread::sleep(HALF_WRITTEN);
     file.write_all(tail.as_bytes()).expect("write tail");
     file.sync_all().expect("sync");
 }

@@ -337,7 +337,10 @@ async fn leader_election_one_leader_takeover_after_expiry_and_release() {
     }
     assert!(released, "the Lease is released on shutdown");
     drop((a, b));
-    let history = monitor.await.expect("monitor");
+    let history = tokio::time::timeout(WAIT, monitor)
+        .await
+        .expect("the leader-election tasks end on stop")
+        .expect("monitor");
     println!("leadership (a, b) over time: {history:?}");
 }
 
