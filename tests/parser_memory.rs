@@ -104,6 +104,16 @@ const CASES: &[Case] = &[
         known: None,
     },
     Case {
+        name: "manifests: 1 MiB of document markers (262,144 empty documents)",
+        budget: 64 * MIB,
+        input: || "---\n".repeat(MIB / 4).into_bytes(),
+        parse: |input| {
+            let (objects, errors) = parse_manifests(text(&input));
+            assert!(objects.is_empty() && errors.is_empty());
+        },
+        known: None,
+    },
+    Case {
         name: "manifests: nested flow sequences, 2,000 deep",
         budget: 16 * MIB,
         input: || {

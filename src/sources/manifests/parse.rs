@@ -137,9 +137,10 @@ pub fn parse_manifests(text: &str) -> (BTreeMap<ObjectKey, Object>, Vec<Document
 struct Document<'a> {
     /// 1-based, counting empty documents as YAML does.
     number: usize,
-    /// The document, preceded by as many newlines as lines before it in the file, so that
-    /// the parser's line numbers are the file's.
-    text: std::borrow::Cow<'a, str>,
+    /// Lines of the file before the document, so that error positions are the file's.
+    line_offset: usize,
+    /// The document's text, borrowed from the file.
+    text: &'a str,
 }
 
 /// Splits `text` into its documents. A line starting with `---` begins one: YAML forbids
@@ -178,10 +179,8 @@ fn documents(text: &str) -> Vec<Document<'_>> {
         .enumerate()
         .map(|(i, (&(line, from), to))| Document {
             number: i + 1,
-            text: match line {
-                0 => text[from..to].into(),
-                _ => format!("{}{}", "\n".repeat(line), &text[from..to]).into(),
-            },
+            line_offset: line,
+            text: &text[from..to],
         })
         .collect()
 }
@@ -190,8 +189,8 @@ fn documents(text: &str) -> Vec<Document<'_>> {
 /// document or another kind.
 fn read_document(doc: &Document<'_>) -> Result<Option<Object>, DocumentError> {
     let n = doc.number;
-    let header: Option<Header> =
-        from_yaml(&doc.text).map_err(|message| DocumentError::Syntax { doc: n, message })?;
+    let header: Option<Header> = from_yaml(doc.text, doc.line_offset)
+        .map_err(|message| DocumentError::Syntax { doc: n, message })?;
     let Some(header) = header else {
         return Ok(None);
     };
@@ -202,7 +201,7 @@ fn read_document(doc: &Document<'_>) -> Result<Option<Object>, DocumentError> {
         doc: &Document<'_>,
         kind: Kind,
     ) -> Result<Box<T>, DocumentError> {
-        from_yaml(&doc.text)
+        from_yaml(doc.text, doc.line_offset)
             .map(Box::new)
             .map_err(|message| DocumentError::InvalidObject {
                 doc: doc.number,
@@ -228,7 +227,7 @@ fn read_document(doc: &Document<'_>) -> Result<Option<Object>, DocumentError> {
 }
 
 /// One YAML document as `T`; the error on one line, with its position in the file.
-fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+fn from_yaml<T: serde::de::DeserializeOwned>(text: &str, line_offset: usize) -> Result<T, String> {
     // Kubernetes objects rarely use anchors: a tight budget for them keeps an alias bomb
     // (a few hundred bytes expanding to millions of nodes) to a few MiB.
     let options = serde_saphyr::options! {
@@ -241,8 +240,13 @@ fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
             max_events: 200_000,
         },
     };
-    serde_saphyr::from_str_with_options(text, options)
-        .map_err(|e| e.to_string().lines().collect::<Vec<_>>().join(" "))
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        // Positions counted from the file's first line: the document is parsed on its own
+        // (padding it with the lines before it cost memory quadratic in the documents).
+        let options = serde_saphyr::render_options! { line_offset: line_offset as u64 };
+        let rendered = e.render_with_options(options);
+        rendered.lines().collect::<Vec<_>>().join(" ")
+    })
 }
 
 /// Gives namespaced objects their default namespace and drops what is never read.
