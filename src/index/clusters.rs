@@ -15,8 +15,7 @@ use super::SharedIndex;
 /// The health of a cluster's source, as its source reports it.
 #[derive(Debug, Default)]
 pub struct ClusterStatus {
-    synced: AtomicBool,
-    /// Turns true with `synced`, for tasks that wait for it.
+    /// Turns true once the initial load is done; tasks that wait for it subscribe.
     synced_tx: watch::Sender<bool>,
     stale: AtomicBool,
     last_error: parking_lot::Mutex<Option<String>>,
@@ -25,20 +24,19 @@ pub struct ClusterStatus {
 impl ClusterStatus {
     /// The source has loaded the cluster's objects at least once.
     pub fn set_synced(&self) {
-        self.synced.store(true, Ordering::Release);
         self.synced_tx
             .send_if_modified(|s| !std::mem::replace(s, true));
     }
 
-    /// Resolves once the initial load is done.
-    pub async fn wait_synced(&self) {
-        // The sender lives as long as `self`, so this cannot fail.
-        let _ = self.synced_tx.subscribe().wait_for(|s| *s).await;
+    /// Follows whether the initial load is done (the index stays synchronous: waiting is
+    /// the caller's).
+    pub fn synced_rx(&self) -> watch::Receiver<bool> {
+        self.synced_tx.subscribe()
     }
 
     /// Whether the initial load is done.
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        *self.synced_tx.borrow()
     }
 
     /// The source failed: the last known objects are kept but may be out of date.

@@ -288,10 +288,10 @@ async fn next_joinable(running: &BTreeMap<String, RunningCluster>) {
         .values()
         .filter_map(|cluster| {
             let since = cluster.pending_since?;
-            let status = Arc::clone(&cluster.handle.status);
+            let mut synced = cluster.handle.status.synced_rx();
             Some(Box::pin(async move {
                 tokio::select! {
-                    _ = status.wait_synced() => {}
+                    _ = synced.wait_for(|s| *s) => {}
                     _ = tokio::time::sleep_until(since + LINK_SYNC_GRACE) => {}
                 }
             }))

@@ -306,12 +306,10 @@ impl Sources {
 /// Waits until the local cluster's initial lists are in, saying what it waits for.
 async fn wait_for_sync(local: &ClusterHandle) {
     let started = tokio::time::Instant::now();
+    let mut synced = local.status.synced_rx();
     loop {
-        let waited = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            local.status.wait_synced(),
-        )
-        .await;
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_secs(10), synced.wait_for(|s| *s)).await;
         if waited.is_ok() {
             return;
         }
