@@ -1,6 +1,10 @@
 //! Clients of linked clusters, from the kubeconfig a credentials Secret carries: shared
 //! by the destination service's linked clusters, the service mirror and `meshlink check`.
 
+use std::time::Duration;
+
+use kube::Api;
+
 use super::{Secret, labels};
 
 /// Why a credentials Secret's kubeconfig gives no client; `secret` names where it came from.
@@ -53,4 +57,25 @@ pub async fn client_from_kubeconfig(
         error: e.to_string(),
     })?;
     Ok((client, server))
+}
+
+/// Reads the credentials Secret `namespace/name` from the local cluster (within `timeout`)
+/// and builds a client of the cluster its kubeconfig points at, with that API server's URL.
+pub async fn client_from_secret(
+    local: &kube::Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<(kube::Client, String), String> {
+    let secrets: Api<Secret> = Api::namespaced(local.clone(), namespace);
+    let secret = match tokio::time::timeout(timeout, secrets.get_opt(name)).await {
+        Ok(Ok(Some(s))) => s,
+        Ok(Ok(None)) => return Err(format!("Secret {namespace}/{name} does not exist")),
+        Ok(Err(e)) => return Err(format!("cannot read Secret {namespace}/{name}: {e}")),
+        Err(_) => return Err(format!("reading Secret {namespace}/{name} timed out")),
+    };
+    let source = format!("Secret {namespace}/{name}");
+    client_from_kubeconfig(secret_kubeconfig(&secret), &source)
+        .await
+        .map_err(|e| e.to_string())
 }

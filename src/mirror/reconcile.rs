@@ -33,8 +33,8 @@ use super::{
     status::{self, Health},
 };
 use crate::k8s::{
-    EndpointSlice, Namespace, Secret, Service,
-    client::{client_from_kubeconfig, secret_kubeconfig},
+    EndpointSlice, Namespace, Service,
+    client::client_from_secret,
     labels,
     link::{Link, MirrorTrouble},
 };
@@ -192,7 +192,15 @@ pub async fn run_link(
     };
     // Credentials: retried until they work (the Secret may come later or be fixed).
     let remote = loop {
-        match remote_client(&shared.client, &cfg).await {
+        match client_from_secret(
+            &shared.client,
+            &cfg.namespace,
+            &cfg.credentials_secret,
+            API_TIMEOUT,
+        )
+        .await
+        .map(|(client, _)| client)
+        {
             Ok(client) => break client,
             Err(e) => {
                 tracing::error!(link = %link_name, error = %e, "cannot use the Link's credentials");
@@ -283,20 +291,18 @@ pub async fn run_link(
     r.run(once, remote_changed, shutdown).await;
 }
 
-/// Reads the credentials Secret the Link names and builds a client of the target cluster.
-async fn remote_client(local: &Client, cfg: &LinkConfig) -> Result<Client, String> {
-    let secrets: Api<Secret> = Api::namespaced(local.clone(), &cfg.namespace);
-    let secret = secrets.get(&cfg.credentials_secret).await.map_err(|e| {
-        format!(
-            "cannot read Secret {}/{}: {e}",
-            cfg.namespace, cfg.credentials_secret
-        )
-    })?;
-    let source = format!("Secret {}/{}", cfg.namespace, cfg.credentials_secret);
-    client_from_kubeconfig(secret_kubeconfig(&secret), &source)
-        .await
-        .map(|(client, _)| client)
-        .map_err(|e| e.to_string())
+/// How long one request of the mirror's own (a Secret read, a DNS lookup) may take.
+const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The addresses a gateway name resolves to, within [`API_TIMEOUT`].
+async fn lookup(name: &str) -> std::io::Result<Vec<IpAddr>> {
+    match tokio::time::timeout(API_TIMEOUT, tokio::net::lookup_host((name, 0))).await {
+        Ok(found) => Ok(found?.map(|a| a.ip()).collect()),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {API_TIMEOUT:?}"),
+        )),
+    }
 }
 
 /// Watches one kind in the target cluster into a store, reporting health and changes.
@@ -400,8 +406,8 @@ impl LinkReconciler {
         for addr in &self.cfg.gateway_addresses {
             match addr.parse::<IpAddr>() {
                 Ok(ip) => ips.push(ip),
-                Err(_) => match tokio::net::lookup_host((addr.as_str(), 0)).await {
-                    Ok(found) => ips.extend(found.map(|a| a.ip())),
+                Err(_) => match lookup(addr).await {
+                    Ok(found) => ips.extend(found),
                     Err(e) => {
                         tracing::warn!(link = %self.cfg.name, address = %addr, error = %e, "cannot resolve gateway address");
                         self.shared.metrics.error(&self.cfg.name, "gateway_dns");

@@ -15,7 +15,7 @@ use std::{
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use k8s_openapi::{
-    api::{core::v1::Secret, core::v1::Service, discovery::v1::EndpointSlice},
+    api::{core::v1::Service, discovery::v1::EndpointSlice},
     apimachinery::pkg::apis::meta::v1::Condition,
     jiff::Timestamp,
 };
@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::{
     k8s::{
-        client::{client_from_kubeconfig, secret_kubeconfig},
+        client::client_from_secret,
         labels,
         link::{
             CONDITION_GATEWAY_ALIVE as GATEWAY_ALIVE, CONDITION_MIRRORS_READY as MIRRORS_READY,
@@ -318,7 +318,7 @@ async fn gather(
     let secret_name = link.cluster_credentials_secret.clone().unwrap_or_default();
     facts.secret = format!("{namespace}/{secret_name}");
     if !secret_name.is_empty() {
-        match remote_client(local, namespace, &secret_name, timeout).await {
+        match client_from_secret(local, namespace, &secret_name, timeout).await {
             Ok((client, server)) => {
                 facts.credentials = Ok(server);
                 facts.target_api = list_one_service(&client, timeout).await;
@@ -335,26 +335,6 @@ async fn gather(
     }
     facts.spec = spec;
     facts
-}
-
-/// Reads the credentials Secret and builds a client from its kubeconfig.
-async fn remote_client(
-    local: &Client,
-    namespace: &str,
-    name: &str,
-    timeout: Duration,
-) -> Result<(Client, String), String> {
-    let secrets: Api<Secret> = Api::namespaced(local.clone(), namespace);
-    let secret = match tokio::time::timeout(timeout, secrets.get_opt(name)).await {
-        Ok(Ok(Some(s))) => s,
-        Ok(Ok(None)) => return Err(format!("Secret {namespace}/{name} does not exist")),
-        Ok(Err(e)) => return Err(format!("cannot read Secret {namespace}/{name}: {e}")),
-        Err(_) => return Err(format!("reading Secret {namespace}/{name} timed out")),
-    };
-    let source = format!("Secret {namespace}/{name}");
-    client_from_kubeconfig(secret_kubeconfig(&secret), &source)
-        .await
-        .map_err(|e| e.to_string())
 }
 
 async fn list_one_service(client: &Client, timeout: Duration) -> Result<(), String> {
