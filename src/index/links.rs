@@ -22,23 +22,30 @@ pub struct LinkedClusterSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RejectedSecret {
     pub secret: String,
-    pub reason: String,
+    pub reason: SecretRejection,
+}
+
+/// Why a credentials Secret was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SecretRejection {
+    #[error("missing label {}", labels::MC_CLUSTER_NAME)]
+    MissingClusterName,
+    #[error("missing annotation {}", labels::MC_TRUST_DOMAIN)]
+    MissingTrustDomain,
+    #[error("missing annotation {}", labels::MC_CLUSTER_DOMAIN)]
+    MissingClusterDomain,
+    #[error("cluster {cluster:?} is already linked by Secret {first}")]
+    Duplicate { cluster: String, first: String },
 }
 
 impl RejectedSecret {
-    /// The reason as one of a fixed set of metric label values (`reason` is free text).
+    /// The reason as one of a fixed set of metric label values.
     pub fn metric_label(&self) -> &'static str {
-        let missing = |what: &str, key: &str| self.reason == format!("missing {what} {key}");
-        if missing("label", labels::MC_CLUSTER_NAME) {
-            "missing_cluster_name"
-        } else if missing("annotation", labels::MC_TRUST_DOMAIN) {
-            "missing_trust_domain"
-        } else if missing("annotation", labels::MC_CLUSTER_DOMAIN) {
-            "missing_cluster_domain"
-        } else if self.reason.contains("is already linked by") {
-            "duplicate_cluster"
-        } else {
-            "invalid"
+        match self.reason {
+            SecretRejection::MissingClusterName => "missing_cluster_name",
+            SecretRejection::MissingTrustDomain => "missing_trust_domain",
+            SecretRejection::MissingClusterDomain => "missing_cluster_domain",
+            SecretRejection::Duplicate { .. } => "duplicate_cluster",
         }
     }
 }
@@ -46,7 +53,7 @@ impl RejectedSecret {
 pub(super) struct LinkState {
     namespace: String,
     /// Every credentials Secret by name: its spec, or why it was rejected.
-    secrets: BTreeMap<String, Result<LinkedClusterSpec, String>>,
+    secrets: BTreeMap<String, Result<LinkedClusterSpec, SecretRejection>>,
     tx: watch::Sender<Arc<BTreeMap<String, LinkedClusterSpec>>>,
     duplicates: Vec<RejectedSecret>,
 }
@@ -130,10 +137,10 @@ impl LinkState {
         for spec in self.secrets.values().filter_map(|r| r.as_ref().ok()) {
             if let Some(first) = clusters.get(&spec.name) {
                 let first: &LinkedClusterSpec = first;
-                let reason = format!(
-                    "cluster {:?} is already linked by Secret {}",
-                    spec.name, first.secret
-                );
+                let reason = SecretRejection::Duplicate {
+                    cluster: spec.name.clone(),
+                    first: first.secret.clone(),
+                };
                 tracing::warn!(secret = %spec.secret, %reason, "ignoring credentials Secret");
                 self.duplicates.push(RejectedSecret {
                     secret: spec.secret.clone(),
@@ -157,7 +164,7 @@ fn parse_credentials(
     namespace: &str,
     name: &str,
     secret: &Secret,
-) -> Result<LinkedClusterSpec, String> {
+) -> Result<LinkedClusterSpec, SecretRejection> {
     let label = |key: &str| {
         secret
             .metadata
@@ -174,12 +181,11 @@ fn parse_credentials(
             .and_then(|a| a.get(key))
             .filter(|v| !v.is_empty())
     };
-    let cluster = label(labels::MC_CLUSTER_NAME)
-        .ok_or(format!("missing label {}", labels::MC_CLUSTER_NAME))?;
-    let trust_domain = annotation(labels::MC_TRUST_DOMAIN)
-        .ok_or(format!("missing annotation {}", labels::MC_TRUST_DOMAIN))?;
-    let cluster_domain = annotation(labels::MC_CLUSTER_DOMAIN)
-        .ok_or(format!("missing annotation {}", labels::MC_CLUSTER_DOMAIN))?;
+    let cluster = label(labels::MC_CLUSTER_NAME).ok_or(SecretRejection::MissingClusterName)?;
+    let trust_domain =
+        annotation(labels::MC_TRUST_DOMAIN).ok_or(SecretRejection::MissingTrustDomain)?;
+    let cluster_domain =
+        annotation(labels::MC_CLUSTER_DOMAIN).ok_or(SecretRejection::MissingClusterDomain)?;
     let kubeconfig = secret
         .data
         .as_ref()

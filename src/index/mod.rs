@@ -17,7 +17,7 @@ mod slice;
 mod tests;
 
 pub use clusters::{ClusterHandle, ClusterSet, ClusterStatus};
-pub use links::{LinkedClusterSpec, RejectedSecret};
+pub use links::{LinkedClusterSpec, RejectedSecret, SecretRejection};
 pub use pod::PodInfo;
 
 use std::{

@@ -283,12 +283,12 @@ fn check(index: &ClusterIndex, model: &Model) -> Result<(), TestCaseError> {
     for r in &rejected {
         let missing = &want_rejected[&r.secret];
         prop_assert!(
-            missing.is_empty() || missing.iter().any(|key| r.reason.contains(key)),
+            missing.is_empty() || missing.iter().any(|key| r.reason.to_string().contains(key)),
             "{:?} should name one of {:?}",
             r.reason,
             missing
         );
-        prop_assert!(!r.reason.is_empty());
+        prop_assert!(!r.reason.to_string().is_empty());
     }
     Ok(())
 }

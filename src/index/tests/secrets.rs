@@ -44,7 +44,10 @@ fn missing_trust_domain_is_rejected_with_a_reason() {
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert_eq!(rejected[0].secret, "linkerd/cluster-credentials-west");
     assert!(
-        rejected[0].reason.contains(labels::MC_TRUST_DOMAIN),
+        rejected[0]
+            .reason
+            .to_string()
+            .contains(labels::MC_TRUST_DOMAIN),
         "the reason names the annotation: {}",
         rejected[0].reason
     );
@@ -72,8 +75,18 @@ fn missing_cluster_domain_or_name_is_rejected() {
     let mut rejected = index.rejected_secrets();
     rejected.sort_by(|a, b| a.secret.cmp(&b.secret));
     assert_eq!(rejected.len(), 2, "{rejected:?}");
-    assert!(rejected[0].reason.contains(labels::MC_CLUSTER_DOMAIN));
-    assert!(rejected[1].reason.contains(labels::MC_CLUSTER_NAME));
+    assert!(
+        rejected[0]
+            .reason
+            .to_string()
+            .contains(labels::MC_CLUSTER_DOMAIN)
+    );
+    assert!(
+        rejected[1]
+            .reason
+            .to_string()
+            .contains(labels::MC_CLUSTER_NAME)
+    );
     assert_eq!(rejected[0].metric_label(), "missing_cluster_domain");
     assert_eq!(rejected[1].metric_label(), "missing_cluster_name");
 }
@@ -195,7 +208,7 @@ fn two_secrets_for_one_cluster_link_it_once() {
             .contains(&rejected[0].secret.as_str())
     );
     assert!(
-        rejected[0].reason.contains("west"),
+        rejected[0].reason.to_string().contains("west"),
         "{}",
         rejected[0].reason
     );
