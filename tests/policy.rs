@@ -119,7 +119,7 @@ async fn watch_port(
 }
 
 fn duration(d: &Option<prost_types::Duration>, what: &str) -> Duration {
-    Duration::try_from(d.clone().unwrap_or_else(|| panic!("{what} is missing")))
+    Duration::try_from((*d).unwrap_or_else(|| panic!("{what} is missing")))
         .unwrap_or_else(|e| panic!("{what} is not a valid duration: {e}"))
 }
 
@@ -418,7 +418,7 @@ fn check_all_unauthenticated(s: &inbound::Server) -> inbound::proxy_protocol::Ki
         .iter()
         .map(|n| {
             let net = n.net.as_ref().expect("network");
-            (net.ip.as_ref().and_then(|ip| ip.ip.clone()), net.prefix_len)
+            (net.ip.as_ref().and_then(|ip| ip.ip), net.prefix_len)
         })
         .collect();
     assert_eq!(

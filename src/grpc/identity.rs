@@ -28,6 +28,10 @@ const CERTIFY_PATH: &str = "/io.linkerd.proxy.identity.Identity/Certify";
 /// with long names) and a CSR (a few hundred bytes), with room to spare.
 pub const MAX_CERTIFY_REQUEST: usize = 16 * 1024;
 
+/// Certifications in progress at once; more are refused (RESOURCE_EXHAUSTED, the proxy
+/// retries), so a flood of requests cannot turn into a flood of TokenReviews.
+pub const MAX_CONCURRENT_CERTIFY: usize = 64;
+
 /// Signs proxies' certificates.
 #[derive(Clone)]
 pub struct IdentityService {
@@ -39,6 +43,7 @@ struct Inner {
     reviewer: Arc<dyn TokenReviewer>,
     domain: IdentityDomain,
     limits: CallLimits,
+    in_progress: tokio::sync::Semaphore,
 }
 
 impl IdentityService {
@@ -55,6 +60,7 @@ impl IdentityService {
                 reviewer,
                 domain,
                 limits,
+                in_progress: tokio::sync::Semaphore::new(MAX_CONCURRENT_CERTIFY),
             }),
         }
     }
@@ -102,6 +108,11 @@ impl IdentityService {
                 "the request carries no certificate signing request",
             ));
         }
+        let _permit = self.inner.in_progress.try_acquire().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_CONCURRENT_CERTIFY} certifications are in progress; retry shortly"
+            ))
+        })?;
         let csr = check_csr(&req.certificate_signing_request, identity).map_err(|e| {
             debug!(identity = %quote_prefix(identity), error = %e, "refused a CSR");
             csr_status(&e)
