@@ -1020,6 +1020,7 @@ async fn certify(
     use linkerd2_proxy_api::identity::{CertifyRequest, identity_client::IdentityClient};
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
     params.subject_alt_names = vec![rcgen::SanType::DnsName(
         identity.to_string().try_into().expect("dns name"),
     )];
