@@ -152,20 +152,23 @@ enum OutboundTarget {
 /// Reads `<svc>.<ns>.svc[.<cluster-domain>][:port]` (port 80 when omitted); anything
 /// else is NotFound, as Linkerd's policy controller answers.
 fn parse_authority(authority: &str, cluster_domain: &str) -> Result<(ServiceRef, u16), Status> {
-    let parsed: http::uri::Authority = authority.parse().map_err(|_| {
-        Status::invalid_argument(format!("invalid authority {}", quote_prefix(authority)))
-    })?;
-    let port = match parsed.port_u16() {
-        Some(0) => {
-            return Err(Status::invalid_argument(format!(
-                "invalid authority {}: port 0",
-                quote_prefix(authority)
-            )));
-        }
-        Some(port) => port,
-        None => 80,
+    let invalid = |why: &str| {
+        Status::invalid_argument(format!(
+            "invalid authority {}: {why}",
+            quote_prefix(authority)
+        ))
     };
-    let host = parsed.host().trim_end_matches('.');
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => match port.parse::<u16>() {
+            Ok(port) if port != 0 => (host, port),
+            _ => return Err(invalid("the port must be 1..65535")),
+        },
+        None => (authority, 80),
+    };
+    if host.is_empty() {
+        return Err(invalid("it has no host"));
+    }
+    let host = host.trim_end_matches('.');
     let host = host
         .strip_suffix(cluster_domain)
         .and_then(|h| h.strip_suffix('.'))
