@@ -201,6 +201,13 @@ async fn wrong_identities_malformed_csrs_and_missing_tokens_are_refused() {
         Code::InvalidArgument,
         "no token",
     );
+    // A request larger than a token and a CSR can be is not read.
+    let (_, csr) = proxy_csr(ID);
+    expect(
+        certify(&srv, ID, &vec![b'x'; 20 * 1024], csr).await,
+        Code::ResourceExhausted,
+        "larger than",
+    );
     let foreign = "web.shop.serviceaccount.identity.linkerd.example.org";
     let (_, csr) = proxy_csr(foreign);
     expect(

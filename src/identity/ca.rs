@@ -34,8 +34,7 @@ pub enum CaError {
         reason: String,
     },
     #[error(
-        "the issuer key is not a PEM PKCS#8 private key (\"BEGIN PRIVATE KEY\") of a supported kind ({0}); \
-         an \"EC PRIVATE KEY\" converts with `openssl pkcs8 -topk8 -nocrypt -in key.pem`"
+        "the issuer key is not a PEM private key (\"PRIVATE KEY\" or \"EC PRIVATE KEY\") of a supported kind: {0}"
     )]
     Key(String),
     #[error("the issuer key is not the key of the issuer certificate")]
@@ -113,7 +112,7 @@ impl Ca {
         let parsed_anchors = parse_all(&anchors, "the trust anchors file")?;
         let issuer = &parsed_chain[0];
 
-        let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::Key(e.to_string()))?;
+        let key = key_from_pem(key_pem)?;
         if key.public_key_raw() != issuer.public_key().subject_public_key.data.as_ref() {
             return Err(CaError::KeyMismatch);
         }
@@ -255,6 +254,71 @@ impl Ca {
             valid_until: to_system_time(OffsetDateTime::from(valid_until).unix_timestamp()),
         })
     }
+}
+
+/// The issuer key: PKCS#8 (`PRIVATE KEY`), or SEC1 (`EC PRIVATE KEY`, as `step` and
+/// `openssl ecparam` write Linkerd's issuer keys), which is wrapped into PKCS#8 for ring.
+fn key_from_pem(pem: &str) -> Result<KeyPair, CaError> {
+    let mut last_label = None;
+    for block in Pem::iter_from_buffer(pem.as_bytes()) {
+        let block = block.map_err(|e| CaError::Key(e.to_string()))?;
+        match block.label.as_str() {
+            "PRIVATE KEY" => {
+                return KeyPair::try_from(block.contents.as_slice())
+                    .map_err(|e| CaError::Key(e.to_string()));
+            }
+            "EC PRIVATE KEY" => {
+                // The curve is in the key, but trying both is simpler than reading it.
+                let mut error = String::new();
+                for alg in [EC_P256_ALGORITHM, EC_P384_ALGORITHM] {
+                    match KeyPair::try_from(sec1_to_pkcs8(alg, &block.contents).as_slice()) {
+                        Ok(key) => return Ok(key),
+                        Err(e) => error = e.to_string(),
+                    }
+                }
+                return Err(CaError::Key(format!(
+                    "an EC key neither P-256 nor P-384 ({error})"
+                )));
+            }
+            label => last_label = Some(label.to_string()),
+        }
+    }
+    Err(CaError::Key(match last_label {
+        Some(label) => format!("the file holds a {label:?} block"),
+        None => "the file holds no PEM block".into(),
+    }))
+}
+
+/// DER AlgorithmIdentifier of id-ecPublicKey on P-256 and on P-384.
+const EC_P256_ALGORITHM: &[u8] = &[
+    0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+    0xce, 0x3d, 0x03, 0x01, 0x07,
+];
+const EC_P384_ALGORITHM: &[u8] = &[
+    0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04,
+    0x00, 0x22,
+];
+
+/// PKCS#8 `PrivateKeyInfo { version 0, algorithm, privateKey OCTET STRING (sec1) }`.
+fn sec1_to_pkcs8(algorithm: &[u8], sec1: &[u8]) -> Vec<u8> {
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = content.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+    let mut body = vec![0x02, 0x01, 0x00];
+    body.extend_from_slice(algorithm);
+    body.extend(tlv(0x04, sec1));
+    tlv(0x30, &body)
 }
 
 /// A random positive 128-bit serial number: a renewed leaf for the same key gets a new one.
@@ -431,6 +495,22 @@ mod tests {
         .err()
         .unwrap();
         assert!(matches!(err, CaError::KeyMismatch), "{err}");
+        // The same key as SEC1 ("EC PRIVATE KEY"): the ECPrivateKey inside the PKCS#8.
+        let pkcs8 = demo.ca.issuer.key().serialize_der();
+        let (_, info) = x509_parser::der_parser::parse_der(&pkcs8).unwrap();
+        let sec1 = info.as_sequence().unwrap()[2].as_slice().unwrap().to_vec();
+        let sec1_pem = to_pem(&sec1).replace("CERTIFICATE", "EC PRIVATE KEY");
+        assert!(
+            Ca::from_pem(
+                &issuer_pem,
+                &sec1_pem,
+                &demo.trust_anchors_pem,
+                Duration::from_secs(60),
+                now
+            )
+            .is_ok(),
+            "an EC PRIVATE KEY issuer key works too"
+        );
         let err = Ca::from_pem("", &key_pem, &demo.trust_anchors_pem, Duration::ZERO, now)
             .err()
             .unwrap();

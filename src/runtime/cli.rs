@@ -147,7 +147,7 @@ pub struct ServeArgs {
     )]
     pub identity_issuer_cert: Option<PathBuf>,
 
-    /// The identity issuer's private key (PEM PKCS#8, "BEGIN PRIVATE KEY").
+    /// The identity issuer's private key (PEM: PKCS#8 "PRIVATE KEY" or SEC1 "EC PRIVATE KEY").
     #[arg(
         long,
         env = "MESHLINK_IDENTITY_ISSUER_KEY",
