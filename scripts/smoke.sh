@@ -43,6 +43,11 @@ check "health is SERVING" contains SERVING "$health"
 get=$(grpcurl -plaintext -max-time 2 -d '{"scheme":"k8s","path":"web.shop.svc.cluster.local:80"}' \
   "$grpc" io.linkerd.proxy.destination.Destination/Get 2>&1 || true)
 check "grpcurl Get streams an add with identities" contains 'web.shop.serviceaccount.identity.linkerd.cluster.local' "$get"
+check "reflection lists Identity and the policy APIs" bash -c \
+  'grep -q io.linkerd.proxy.identity.Identity <<<"$1" && grep -q io.linkerd.proxy.outbound.OutboundPolicies <<<"$1" && grep -q io.linkerd.proxy.inbound.InboundServerPolicies <<<"$1"' _ "$services"
+policy=$(grpcurl -plaintext -d '{"source_workload":"{\"ns\":\"shop\",\"pod\":\"web-1\"}","authority":"web.shop.svc.cluster.local:80"}' \
+  "$grpc" io.linkerd.proxy.outbound.OutboundPolicies/Get 2>&1 || true)
+check "grpcurl OutboundPolicies/Get balances over Destination/Get" contains '"path": "web.shop.svc.cluster.local:80"' "$policy"
 resolve=$("$bin" resolve web-federated.shop.svc.cluster.local:80 --addr "$grpc" --count 1 -o json)
 check "resolve shows the federated union (local, west, east)" \
   bash -c 'grep -q "cluster.local" <<<"$1" && grep -q "west.example" <<<"$1" && grep -q "east.example" <<<"$1"' _ "$resolve"
