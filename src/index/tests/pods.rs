@@ -355,3 +355,27 @@ fn same_pod_name_in_another_namespace_is_another_pod() {
         "shop/web-1 is not known: other/web-1 does not stand in for it"
     );
 }
+
+#[test]
+fn a_pod_looked_up_by_name_follows_apply_delete_and_reset() {
+    let mut index = mk_index();
+    let mut rx = index.pod_rx("shop", "web-1");
+    assert!(rx.borrow_and_update().is_none(), "not known yet");
+    index.apply_pod(&mk_pod("shop", "web-1", "10.0.0.1", "web", true));
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(
+        rx.borrow_and_update().as_ref().map(|p| &*p.name),
+        Some("web-1")
+    );
+    // A relist without the pod removes it; a later lookup shares the same channel.
+    index.reset_pods(&[]);
+    assert!(rx.borrow_and_update().is_none());
+    index.apply_pod(&mk_pod("shop", "web-1", "10.0.0.2", "web", true));
+    let again = index.pod_rx("shop", "web-1");
+    assert_eq!(
+        again.borrow().as_ref().map(|p| p.ips.to_vec()),
+        Some(vec!["10.0.0.2".parse().unwrap()])
+    );
+    index.delete_pod("shop", "web-1");
+    assert!(rx.borrow_and_update().is_none());
+}
