@@ -1,4 +1,4 @@
-//! Compiles our destination API protos and writes the descriptor set that
+//! Compiles our protos (destination, identity and policy APIs) and writes the descriptor set that
 //! server reflection serves. protoc comes from the `protoc-bin-vendored` crate
 //! unless `PROTOC` points at another one, so a fresh machine needs nothing installed.
 
@@ -27,6 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/net.proto",
                 "proto/meta.proto",
                 "proto/http_types.proto",
+                "proto/http_route.proto",
+                "proto/identity.proto",
+                "proto/inbound.proto",
+                "proto/outbound.proto",
             ],
             &["proto"],
         )?;

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod grpc;
+pub mod identity;
 pub mod index;
 pub mod k8s;
 pub mod metrics;

@@ -1,4 +1,4 @@
-//! Code generated from `proto/` (the destination API), and its descriptor set for reflection.
+//! Code generated from `proto/` (the destination, identity and policy APIs), and its descriptor set for reflection.
 #![allow(clippy::all, missing_docs)]
 
 /// Generated modules, nested by protobuf package so cross-package paths resolve.
@@ -17,11 +17,23 @@ pub mod io {
             pub mod http_types {
                 tonic::include_proto!("io.linkerd.proxy.http_types");
             }
+            pub mod http_route {
+                tonic::include_proto!("io.linkerd.proxy.http_route");
+            }
+            pub mod identity {
+                tonic::include_proto!("io.linkerd.proxy.identity");
+            }
+            pub mod inbound {
+                tonic::include_proto!("io.linkerd.proxy.inbound");
+            }
+            pub mod outbound {
+                tonic::include_proto!("io.linkerd.proxy.outbound");
+            }
         }
     }
 }
 
-pub use io::linkerd::proxy::{destination, meta, net};
+pub use io::linkerd::proxy::{destination, http_route, identity, inbound, meta, net, outbound};
 
 /// The encoded descriptor set of every message and service in `proto/`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -15,7 +15,7 @@ use std::{
 
 use tokio::sync::watch;
 
-pub use crate::index::AddrTarget;
+pub use crate::index::{AddrTarget, PodInfo};
 use crate::{
     index::{ClusterHandle, ClusterIndex, ClusterSet},
     model::{
@@ -81,6 +81,11 @@ impl Resolver {
     /// Follows what an IP address and port are in the local cluster, for `GetProfile`.
     pub fn addr_target_rx(&self, addr: SocketAddr) -> watch::Receiver<AddrTarget> {
         self.clusters.local().index.lock().addr_rx(addr)
+    }
+
+    /// Follows a pod of the local cluster by name, for inbound policy.
+    pub fn pod_rx(&self, namespace: &str, name: &str) -> watch::Receiver<Option<Arc<PodInfo>>> {
+        self.clusters.local().index.lock().pod_rx(namespace, name)
     }
 
     /// Opens a live endpoint stream for `authority`.

@@ -94,6 +94,7 @@ fn cases() -> Vec<Case> {
         case!(deleting_the_credentials_secret_unlinks_west_and_recreating_it_links_again),
         case!(rbac_of_deploy_is_enough_and_refuses_the_rest),
         case!(a_broken_watch_resumes_without_a_new_list),
+        case!(certify_reviews_the_token_with_the_api_server),
         case!(
             west_api_server_down_keeps_its_endpoints_then_changes_converge,
             restarts
@@ -986,4 +987,106 @@ fn assert_forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>) {
         Err(kube::Error::Api(s)) if s.code == 403 => {}
         other => panic!("expected 403 Forbidden, got {other:?}"),
     }
+}
+
+// --- identity ---
+
+/// A token of `sa` for `audience` (Linkerd's proxies get `identity.l5d.io` ones).
+async fn audience_token(admin: &Client, ns: &str, sa: &str, audience: &str) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    let req = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![audience.to_string()]),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .create_token_request(sa, &kube::api::PostParams::default(), &req)
+        .await
+        .expect("token request")
+        .status
+        .and_then(|s| s.token)
+        .expect("token")
+}
+
+/// Certify with a P-256 CSR for `identity`, as a proxy sends it.
+async fn certify(
+    srv: &TestServer,
+    identity: &str,
+    token: &str,
+) -> Result<linkerd2_proxy_api::identity::CertifyResponse, tonic::Status> {
+    use linkerd2_proxy_api::identity::{CertifyRequest, identity_client::IdentityClient};
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::DnsName(
+        identity.to_string().try_into().expect("dns name"),
+    )];
+    let csr = params.serialize_request(&key).expect("csr").der().to_vec();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", srv.grpc))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    IdentityClient::new(channel)
+        .certify(CertifyRequest {
+            identity: identity.into(),
+            token: token.as_bytes().to_vec(),
+            certificate_signing_request: csr,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn certify_reviews_the_token_with_the_api_server(world: Arc<World>) {
+    let world = &*world;
+    let ns = "certify";
+    namespace(&world.local, ns).await;
+    namespace(&world.west, ns).await;
+    for client in [&world.local, &world.west] {
+        apply::<ServiceAccount>(
+            client,
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "web", "namespace": ns}}),
+        )
+        .await;
+    }
+    let id = format!("web.{ns}.serviceaccount.identity.linkerd.cluster.local");
+    let token = audience_token(&world.local, ns, "web", "identity.l5d.io").await;
+    let issued = certify(&world.server, &id, &token)
+        .await
+        .expect("the service account's own identity is certified");
+    assert!(!issued.leaf_certificate.is_empty());
+
+    let refused = |r: Result<_, tonic::Status>, says: &str| {
+        let status = r.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().contains(says),
+            "{status:?} should say {says:?}"
+        );
+    };
+    // Another service account's identity with web's token.
+    let db = format!("db.{ns}.serviceaccount.identity.linkerd.cluster.local");
+    refused(
+        certify(&world.server, &db, &token).await,
+        "whose identity is",
+    );
+    // A token for the API server's own audience, one from west's API server, and garbage.
+    let api_token = service_account_token(&world.local, ns, "web").await;
+    refused(
+        certify(&world.server, &id, &api_token).await,
+        "not authenticated",
+    );
+    let foreign = audience_token(&world.west, ns, "web", "identity.l5d.io").await;
+    refused(
+        certify(&world.server, &id, &foreign).await,
+        "not authenticated",
+    );
+    refused(
+        certify(&world.server, &id, "not-a-token").await,
+        "not authenticated",
+    );
 }

@@ -93,6 +93,15 @@ impl DestinationService {
         }
     }
 
+    /// The server-wide count of requests being read and its limit, so the other APIs on
+    /// this server count theirs against the same limit.
+    pub fn pending_requests(&self) -> (Arc<AtomicUsize>, usize) {
+        (
+            Arc::clone(&self.pending),
+            self.settings.max_pending_requests,
+        )
+    }
+
     fn parse(&self, req: &pb::GetDestination) -> Result<Authority, Status> {
         Authority::parse(&req.path, &self.settings.cluster_domain)
             .map_err(|e| Status::invalid_argument(e.to_string()))

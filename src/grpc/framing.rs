@@ -51,7 +51,17 @@ pub async fn decode_request<M: prost::Message + Default>(
     body: tonic::body::Body,
     deadline: tokio::time::Instant,
 ) -> Result<M, Status> {
-    match tokio::time::timeout_at(deadline, read_message(body)).await {
+    decode_request_up_to(body, deadline, MAX_REQUEST).await
+}
+
+/// [`decode_request`] for a request of up to `max` bytes (prefix included), for messages
+/// that are larger than a `GetDestination` (a `CertifyRequest` carries a token and a CSR).
+pub async fn decode_request_up_to<M: prost::Message + Default>(
+    body: tonic::body::Body,
+    deadline: tokio::time::Instant,
+    max: usize,
+) -> Result<M, Status> {
+    match tokio::time::timeout_at(deadline, read_message(body, max)).await {
         Ok(result) => M::decode(result?.as_ref())
             .map_err(|e| Status::invalid_argument(format!("cannot decode the request: {e}"))),
         Err(_) => Err(Status::deadline_exceeded(
@@ -61,7 +71,7 @@ pub async fn decode_request<M: prost::Message + Default>(
 }
 
 /// The bytes of the one message of `body`, without its prefix.
-async fn read_message(mut body: tonic::body::Body) -> Result<Bytes, Status> {
+async fn read_message(mut body: tonic::body::Body, max: usize) -> Result<Bytes, Status> {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
@@ -73,11 +83,11 @@ async fn read_message(mut body: tonic::body::Body) -> Result<Bytes, Status> {
         let Ok(data) = frame.into_data() else {
             continue; // trailers on a request carry nothing we read
         };
-        if buf.len() + data.len() > MAX_REQUEST {
-            return Err(too_large());
+        if buf.len() + data.len() > max {
+            return Err(too_large(max));
         }
         buf.extend_from_slice(&data);
-        if let Some(len) = message_len(&buf)?
+        if let Some(len) = message_len(&buf, max)?
             && buf.len() > PREFIX + len
         {
             return Err(Status::invalid_argument(format!(
@@ -86,7 +96,7 @@ async fn read_message(mut body: tonic::body::Body) -> Result<Bytes, Status> {
             )));
         }
     }
-    match message_len(&buf)? {
+    match message_len(&buf, max)? {
         Some(len) if buf.len() == PREFIX + len => Ok(buf.freeze().slice(PREFIX..)),
         Some(len) => Err(Status::invalid_argument(format!(
             "the request's length prefix says {len} bytes but {} follow",
@@ -102,7 +112,7 @@ async fn read_message(mut body: tonic::body::Body) -> Result<Bytes, Status> {
 }
 
 /// The message length the prefix in `buf` announces, once the prefix is there.
-fn message_len(buf: &[u8]) -> Result<Option<usize>, Status> {
+fn message_len(buf: &[u8], max: usize) -> Result<Option<usize>, Status> {
     let Some(prefix) = buf.get(..PREFIX) else {
         return Ok(None);
     };
@@ -112,16 +122,19 @@ fn message_len(buf: &[u8]) -> Result<Option<usize>, Status> {
         ));
     }
     let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-    if PREFIX + len > MAX_REQUEST {
-        return Err(too_large());
+    if PREFIX + len > max {
+        return Err(too_large(max));
     }
     Ok(Some(len))
 }
 
-fn too_large() -> Status {
-    Status::resource_exhausted(format!(
-        "the request is larger than {MAX_REQUEST} bytes; a GetDestination is a few hundred"
-    ))
+fn too_large(max: usize) -> Status {
+    if max == MAX_REQUEST {
+        return Status::resource_exhausted(format!(
+            "the request is larger than {MAX_REQUEST} bytes; a GetDestination is a few hundred"
+        ));
+    }
+    Status::resource_exhausted(format!("the request is larger than {max} bytes"))
 }
 
 /// The deadline a client set with the `grpc-timeout` header, if it set a valid one.

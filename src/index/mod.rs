@@ -102,6 +102,8 @@ pub struct ClusterIndex {
     lookups: HashMap<ServiceRef, HashMap<u16, watch::Sender<Arc<PortSnapshot>>>>,
     service_watches: HashMap<ServiceRef, watch::Sender<Option<Arc<ServiceInfo>>>>,
     addr_watches: HashMap<IpAddr, HashMap<u16, watch::Sender<AddrTarget>>>,
+    /// Pods looked up by name (inbound policy).
+    pod_watches: HashMap<PodRef, watch::Sender<Option<Arc<PodInfo>>>>,
     /// While a relist is applied: what to republish once it is whole.
     deferred: Option<Deferred>,
 }
@@ -136,6 +138,7 @@ impl ClusterIndex {
             lookups: HashMap::new(),
             service_watches: HashMap::new(),
             addr_watches: HashMap::new(),
+            pod_watches: HashMap::new(),
             deferred: None,
         }
     }
@@ -219,6 +222,17 @@ impl ClusterIndex {
         rx
     }
 
+    /// A pod by namespace and name, kept current (`None` while it does not exist).
+    pub fn pod_rx(&mut self, namespace: &str, name: &str) -> watch::Receiver<Option<Arc<PodInfo>>> {
+        let key = pod::pod_key(namespace, name);
+        if let Some(tx) = self.pod_watches.get(&key) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(self.pods.get(&key).cloned());
+        self.pod_watches.insert(key, tx);
+        rx
+    }
+
     /// Releases every lookup whose receivers are all gone.
     pub fn gc(&mut self) {
         for ports in self.lookups.values_mut() {
@@ -230,6 +244,7 @@ impl ClusterIndex {
             ports.retain(|_, tx| !tx.is_closed());
         }
         self.addr_watches.retain(|_, ports| !ports.is_empty());
+        self.pod_watches.retain(|_, tx| !tx.is_closed());
     }
 
     /// The zone of a node, when the node is known and labelled.
@@ -466,6 +481,9 @@ impl ClusterIndex {
     }
 
     fn after_pod_change(&mut self, key: &PodRef, old: Option<Arc<PodInfo>>) {
+        if let Some(tx) = self.pod_watches.get(key) {
+            tx.send_replace(self.pods.get(key).cloned());
+        }
         let mut ips: HashSet<IpAddr> = HashSet::new();
         if let Some(old) = &old {
             for ip in &old.ips {

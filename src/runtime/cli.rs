@@ -136,6 +136,91 @@ pub struct ServeArgs {
     /// that has waited longest without a request.
     #[arg(long, env = "MESHLINK_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub admin_max_connections: usize,
+
+    /// The identity issuer's certificate (PEM; certificates after the first are its
+    /// intermediates). Without it, a CA is generated for a demo on every start.
+    #[arg(
+        long,
+        env = "MESHLINK_IDENTITY_ISSUER_CERT",
+        value_name = "FILE",
+        requires_all = ["identity_issuer_key", "identity_trust_anchors"]
+    )]
+    pub identity_issuer_cert: Option<PathBuf>,
+
+    /// The identity issuer's private key (PEM PKCS#8, "BEGIN PRIVATE KEY").
+    #[arg(
+        long,
+        env = "MESHLINK_IDENTITY_ISSUER_KEY",
+        value_name = "FILE",
+        requires = "identity_issuer_cert"
+    )]
+    pub identity_issuer_key: Option<PathBuf>,
+
+    /// The trust anchors (PEM) the issuer chains to: the roots proxies are given.
+    #[arg(
+        long,
+        env = "MESHLINK_IDENTITY_TRUST_ANCHORS",
+        value_name = "FILE",
+        requires = "identity_issuer_cert"
+    )]
+    pub identity_trust_anchors: Option<PathBuf>,
+
+    /// Where to write the trust anchor of the generated demo CA (PEM), to hand to proxies.
+    #[arg(
+        long,
+        env = "MESHLINK_IDENTITY_TRUST_ANCHORS_OUT",
+        value_name = "FILE",
+        conflicts_with = "identity_issuer_cert"
+    )]
+    pub identity_trust_anchors_out: Option<PathBuf>,
+
+    /// How long the certificates issued to proxies are valid (they renew at 70% of it).
+    #[arg(long, env = "MESHLINK_IDENTITY_CERT_LIFETIME", default_value = "24h", value_parser = parse_cert_lifetime)]
+    pub identity_cert_lifetime: Duration,
+
+    /// The audience proxies' tokens must be issued for (Linkerd's projected token volume).
+    #[arg(
+        long,
+        env = "MESHLINK_IDENTITY_TOKEN_AUDIENCE",
+        default_value = "identity.l5d.io"
+    )]
+    pub identity_token_audience: String,
+
+    /// Networks of the cluster's pods and services (comma-separated CIDRs): an outbound
+    /// policy lookup of an unknown address inside them is NotFound, outside them an egress
+    /// fallback to the address itself, as Linkerd's policy controller answers.
+    #[arg(
+        long,
+        env = "MESHLINK_CLUSTER_NETWORKS",
+        default_value = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8",
+        value_parser = parse_networks
+    )]
+    pub cluster_networks: Networks,
+}
+
+/// A certificate lifetime: at least a minute (the proxy renews at 70% of it).
+fn parse_cert_lifetime(s: &str) -> Result<Duration, String> {
+    let lifetime = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if lifetime < Duration::from_secs(60) {
+        return Err(
+            "a certificate lifetime shorter than a minute would have proxies renew constantly"
+                .into(),
+        );
+    }
+    Ok(lifetime)
+}
+
+/// Comma-separated CIDRs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Networks(pub Vec<ipnet::IpNet>);
+
+fn parse_networks(s: &str) -> Result<Networks, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| n.parse().map_err(|e| format!("{n}: {e}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Networks)
 }
 
 /// Output of `meshlink resolve`.

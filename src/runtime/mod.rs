@@ -3,6 +3,7 @@
 mod admin;
 pub mod check;
 pub mod cli;
+mod identity;
 pub mod link;
 mod linked;
 mod listener;
@@ -10,7 +11,7 @@ pub mod mirror;
 mod serve;
 pub mod supervise;
 
-pub use serve::{Server, serve, spawn_grpc};
+pub use serve::{ProxyApis, Server, serve, spawn_grpc, spawn_grpc_with};
 
 use anyhow::Result;
 

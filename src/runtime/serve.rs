@@ -15,9 +15,13 @@ use super::{
 };
 use crate::{
     grpc::{
-        DestinationService, StreamSettings,
+        DestinationService, IdentityService, InboundPolicyService, OutboundPolicyService,
+        PolicySettings, StreamSettings,
+        calls::CallLimits,
+        policy_services,
         server::{ConnectionLimits, serve_connections},
     },
+    identity::{Ca, IdentityDomain, TokenReviewer},
     index::{ClusterHandle, ClusterIndex, ClusterSet, IndexConfig},
     metrics::Metrics,
     model::PortSet,
@@ -98,6 +102,15 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
             .context("invalid --default-opaque-ports")?,
     );
     let source = source_for(&args).await?;
+    // The CA first: a bad issuer stops the start before anything listens.
+    let ca = super::identity::load_ca(&args)?;
+    let reviewer = super::identity::token_reviewer(
+        match &source {
+            Source::Kube(client) => Some(client.clone()),
+            Source::Manifests(_) => None,
+        },
+        &args.identity_token_audience,
+    );
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Supervisor::new(shutdown_rx.clone());
@@ -164,7 +177,16 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
         Ok(())
     });
 
-    let grpc = spawn_grpc(
+    let proxy_apis = ProxyApis {
+        ca,
+        reviewer,
+        domain: IdentityDomain {
+            control_plane_ns: args.control_plane_namespace.clone(),
+            trust_domain: args.trust_domain.clone(),
+        },
+        cluster_networks: args.cluster_networks.0.clone(),
+    };
+    let grpc = spawn_grpc_with(
         grpc_listener,
         Arc::clone(&clusters),
         StreamSettings {
@@ -181,6 +203,7 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
         },
         Arc::clone(&metrics),
         shutdown_rx.clone(),
+        Some(proxy_apis),
     )
     .await?;
     tasks.spawn("grpc", info_span!("grpc"), async move {
@@ -344,12 +367,51 @@ pub async fn spawn_grpc(
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>> {
+    spawn_grpc_with(
+        listener, clusters, settings, limits, metrics, shutdown, None,
+    )
+    .await
+}
+
+/// What the APIs a stock linkerd2-proxy needs besides `Destination` are made of.
+pub struct ProxyApis {
+    /// Signs proxies' certificates.
+    pub ca: Ca,
+    /// Vouches for proxies' tokens.
+    pub reviewer: Arc<dyn TokenReviewer>,
+    /// How identities are named.
+    pub domain: IdentityDomain,
+    /// The cluster's networks, for outbound lookups of unknown addresses.
+    pub cluster_networks: Vec<ipnet::IpNet>,
+}
+
+/// [`spawn_grpc`], with identity and the policy APIs when `proxy_apis` is given.
+pub async fn spawn_grpc_with(
+    listener: TcpListener,
+    clusters: Arc<ClusterSet>,
+    settings: StreamSettings,
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    proxy_apis: Option<ProxyApis>,
+) -> Result<JoinHandle<()>> {
     // Taken before `metrics` moves into the service; limits connections, backs off on EMFILE.
     let incoming = Listener::new(listener, "grpc", GRPC_MAX_CONNECTIONS, &metrics)
         .with_nodelay()
         .into_connections();
-    let destination =
-        DestinationService::new(Resolver::new(clusters), settings, metrics, shutdown.clone());
+    let policy_settings = PolicySettings {
+        cluster_domain: settings.cluster_domain.clone(),
+        default_opaque_ports: Arc::clone(&settings.default_opaque_ports),
+        cluster_networks: Vec::new(),
+    };
+    let (request_timeout, send_timeout) = (settings.request_timeout, settings.send_timeout);
+    let resolver = Resolver::new(clusters);
+    let destination = DestinationService::new(
+        resolver.clone(),
+        settings,
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    );
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<DestinationService>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -362,9 +424,36 @@ pub async fn spawn_grpc(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("cannot build the reflection service")?;
-    let routes = tonic::service::Routes::new(health)
+    let mut routes = tonic::service::Routes::new(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
+    if let Some(apis) = proxy_apis {
+        // Counted against the same pending-request limit as the destination API.
+        let call_limits = CallLimits::new(
+            destination.pending_requests(),
+            request_timeout,
+            send_timeout,
+        );
+        let identity =
+            IdentityService::new(apis.ca, apis.reviewer, apis.domain, call_limits.clone());
+        let (outbound, inbound) = policy_services(
+            resolver,
+            PolicySettings {
+                cluster_networks: apis.cluster_networks,
+                ..policy_settings
+            },
+            call_limits,
+            metrics,
+            shutdown.clone(),
+        );
+        health_reporter.set_serving::<IdentityService>().await;
+        health_reporter.set_serving::<OutboundPolicyService>().await;
+        health_reporter.set_serving::<InboundPolicyService>().await;
+        routes = routes
+            .add_service(identity)
+            .add_service(outbound)
+            .add_service(inbound);
+    }
     Ok(tokio::spawn(serve_connections(
         incoming,
         destination,
