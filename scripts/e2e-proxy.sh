@@ -424,6 +424,16 @@ table ip meshlink_e2e {
     }
 }
 EOF
+    # The gateway is dialled at its inbound port itself; redirecting that port to itself makes
+    # conntrack record the connection, which the proxy's SO_ORIGINAL_DST needs (ENOENT without).
+    in_ns gateway nft -f - <<EOF
+table ip meshlink_e2e {
+    chain prerouting {
+        type nat hook prerouting priority -100; policy accept;
+        tcp dport $INBOUND_PORT redirect to :$INBOUND_PORT
+    }
+}
+EOF
     # Traffic arriving for a web pod's app port goes to its proxy's inbound port.
     for pod in web-1 web-2; do
         in_ns "$pod" nft -f - <<EOF
