@@ -249,6 +249,82 @@ async fn default_opaque_ports_apply_without_annotation() {
 }
 
 #[tokio::test]
+async fn opaque_transport_port_is_the_proxys_inbound_port() {
+    let mk = |name: &'static str, ip: &'static [&'static str], env: &'static [(&str, &str)]| {
+        pod(&PodOpts {
+            name,
+            app: "db",
+            ips: ip,
+            ports: &[("sql", 5432)],
+            proxy_env: env,
+            ..Default::default()
+        })
+    };
+    const ENV: &str = "LINKERD2_PROXY_INBOUND_LISTEN_ADDR";
+    let srv = TestServer::start(&[(
+        "local/db.yaml",
+        &docs(&[
+            service("shop", "db", &[(5432, "sql", "sql")]),
+            mk("custom", &["10.1.0.1"], &[(ENV, "0.0.0.0:4243")]),
+            mk("ipv6", &["10.1.0.2"], &[(ENV, "[::]:4343")]),
+            mk("unset", &["10.1.0.3"], &[("LINKERD2_PROXY_LOG", "info")]),
+            mk("garbled", &["10.1.0.4"], &[(ENV, "0.0.0.0:http")]),
+        ]),
+    )])
+    .await;
+    let mut s = srv
+        .get("db.shop.svc.cluster.local:5432")
+        .await
+        .expect("Get");
+    let msg = next_msg(&mut s).await;
+    let set = msg.add_set();
+    for (addr, port) in [
+        ("10.1.0.1:5432", 4243),
+        ("10.1.0.2:5432", 4343),
+        ("10.1.0.3:5432", 4143),
+        ("10.1.0.4:5432", 4143),
+    ] {
+        let e = find(set, addr);
+        assert_eq!(hint(e), Some("opaque"), "{addr}");
+        assert_eq!(opaque_port(e), Some(port), "{addr}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn control_plane_ns_label_of_meshed_pods() {
+    let srv = TestServer::start(&[(
+        "local/web.yaml",
+        &docs(&[
+            service("shop", "web", &[(80, "http", "http")]),
+            pod(&PodOpts {
+                name: "meshed",
+                ips: &["10.1.0.1"],
+                ..Default::default()
+            }),
+            pod(&PodOpts {
+                name: "plain",
+                ips: &["10.1.0.2"],
+                meshed: false,
+                ..Default::default()
+            }),
+        ]),
+    )])
+    .await;
+    let mut s = srv.get(WEB).await.expect("Get");
+    let msg = next_msg(&mut s).await;
+    let label = |addr| {
+        find(msg.add_set(), addr)
+            .metric_labels
+            .get("control_plane_ns")
+            .cloned()
+    };
+    assert_eq!(label("10.1.0.1:8080").as_deref(), Some("linkerd"));
+    assert_eq!(label("10.1.0.2:8080"), None);
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn hostname_of_a_headless_service_is_only_that_pod() {
     let headless = service_with("shop", "db", &[(5432, "5432", "pg")], "  clusterIP: None\n");
     let p0 = pod(&PodOpts {

@@ -2,7 +2,10 @@
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
+use k8s_openapi::api::core::v1::Container;
+
 use super::{IndexConfig, PodRef, intern::Interner};
+
 use crate::{
     k8s::{Pod, labels},
     model::{PortSet, endpoint::Labels},
@@ -29,7 +32,8 @@ pub struct PodInfo {
     /// Container port numbers and their names, for ports listed by name.
     pub port_names: Vec<(u16, String)>,
     pub inbound_port: u16,
-    /// `namespace`, owner kind (`deployment`, ...) and `serviceaccount`, shared by siblings.
+    /// `namespace`, owner kind (`deployment`, ...), `serviceaccount`, `control_plane_ns` and
+    /// `pod_template_hash` (when the pod has them), shared by siblings.
     pub labels: Labels,
 }
 
@@ -71,7 +75,10 @@ impl PodInfo {
         ips.sort();
         ips.dedup();
 
-        let control_plane_ns = meta_labels.get(labels::CONTROL_PLANE_NS);
+        // An empty label meshes nothing, as in Linkerd.
+        let control_plane_ns = meta_labels
+            .get(labels::CONTROL_PLANE_NS)
+            .filter(|ns| !ns.is_empty());
         let meshed = control_plane_ns.is_some();
         let service_account = spec
             .service_account_name
@@ -87,37 +94,34 @@ impl PodInfo {
             ))
         });
 
-        let containers = spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten());
+        let containers = || {
+            spec.containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+        };
         let mut port_names = Vec::new();
-        let mut inbound_port = DEFAULT_INBOUND_PORT;
-        for c in containers {
+        for c in containers() {
             for p in c.ports.iter().flatten() {
                 if let (Ok(n), Some(pname)) = (u16::try_from(p.container_port), p.name.as_ref()) {
                     port_names.push((n, pname.clone()));
                 }
             }
-            if c.name == labels::PROXY_CONTAINER {
-                let listen = c
-                    .env
-                    .iter()
-                    .flatten()
-                    .find(|e| e.name == labels::PROXY_INBOUND_LISTEN_ADDR_ENV)
-                    .and_then(|e| e.value.as_deref());
-                if let Some(port) = listen
-                    .and_then(|a| a.rsplit_once(':'))
-                    .and_then(|(_, p)| p.parse().ok())
-                {
-                    inbound_port = port;
-                }
-            }
         }
+        let inbound_port = proxy_inbound_port(containers());
 
         let mut pod_labels = BTreeMap::new();
         pod_labels.insert("namespace".to_string(), namespace.to_string());
         pod_labels.insert("serviceaccount".to_string(), service_account);
+        // Linkerd's dashboards select on these two; its controller sends them when the pod has them.
+        if let Some(ns) = control_plane_ns {
+            pod_labels.insert("control_plane_ns".to_string(), ns.clone());
+        }
+        if let Some(hash) = meta_labels
+            .get(labels::POD_TEMPLATE_HASH)
+            .filter(|h| !h.is_empty())
+        {
+            pod_labels.insert("pod_template_hash".to_string(), hash.clone());
+        }
         if let Some((kind, owner)) = owner_label(pod, &meta_labels) {
             pod_labels.insert(kind, owner);
         }
@@ -166,6 +170,21 @@ impl PodInfo {
             None => defaults.contains(port, name),
         }
     }
+}
+
+/// The proxy's inbound port, from `LINKERD2_PROXY_INBOUND_LISTEN_ADDR` of the `linkerd-proxy`
+/// container (a main container or a native sidecar, as Linkerd reads it); the default when that
+/// is missing or is not `host:port` with a port above 0.
+fn proxy_inbound_port<'a>(containers: impl Iterator<Item = &'a Container>) -> u16 {
+    containers
+        .filter(|c| c.name == labels::PROXY_CONTAINER)
+        .flat_map(|c| c.env.iter().flatten())
+        .find(|e| e.name == labels::PROXY_INBOUND_LISTEN_ADDR_ENV)
+        .and_then(|e| e.value.as_deref())
+        .and_then(|addr| addr.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .filter(|port| *port > 0)
+        .unwrap_or(DEFAULT_INBOUND_PORT)
 }
 
 /// The owner metric label: `deployment` for ReplicaSet pods, else the controller's kind.

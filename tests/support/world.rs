@@ -40,6 +40,8 @@ pub struct PodOpts<'a> {
     /// Extra annotations as `key: value` lines.
     pub annotations: &'a [(&'a str, &'a str)],
     pub hostname: Option<&'a str>,
+    /// Env of a `linkerd-proxy` container (none when empty), as (name, value).
+    pub proxy_env: &'a [(&'a str, &'a str)],
 }
 
 impl Default for PodOpts<'_> {
@@ -56,6 +58,7 @@ impl Default for PodOpts<'_> {
             ports: &[("http", 8080)],
             annotations: &[],
             hostname: None,
+            proxy_env: &[],
         }
     }
 }
@@ -82,6 +85,16 @@ pub fn pod(o: &PodOpts) -> String {
         .iter()
         .map(|ip| format!("\n  - ip: \"{ip}\""))
         .collect();
+    let proxy = if o.proxy_env.is_empty() {
+        String::new()
+    } else {
+        let env: String = o
+            .proxy_env
+            .iter()
+            .map(|(k, v)| format!("\n    - {{name: {k}, value: \"{v}\"}}"))
+            .collect();
+        format!("\n  - name: linkerd-proxy\n    image: proxy\n    env:{env}")
+    };
     let hostname = o
         .hostname
         .map(|h| format!("\n  hostname: {h}\n  subdomain: {}", o.app))
@@ -102,7 +115,7 @@ spec:
   containers:
   - name: main
     image: example
-    ports:{ports}
+    ports:{ports}{proxy}
 status:
   phase: Running
   podIP: \"{ip0}\"

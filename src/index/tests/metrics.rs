@@ -37,8 +37,10 @@ fn deployment_pod_labels() {
     assert_eq!(
         *e.labels,
         label_map(&[
+            ("control_plane_ns", "linkerd"),
             ("deployment", "web"),
             ("namespace", "shop"),
+            ("pod_template_hash", "5d4f8b7c9"),
             ("serviceaccount", "web-sa"),
         ])
     );
@@ -77,10 +79,40 @@ fn statefulset_pod_labels() {
     assert_eq!(
         *e.labels,
         label_map(&[
+            ("control_plane_ns", "linkerd"),
             ("namespace", "shop"),
             ("serviceaccount", "db"),
             ("statefulset", "db")
         ])
+    );
+}
+
+#[test]
+fn unmeshed_pod_has_no_control_plane_label() {
+    let pod = with_owner(
+        mk_pod("shop", "db-0", "10.0.0.1", "db", false),
+        "StatefulSet",
+        "db",
+    );
+    let mut index = web_with(vec![mk_ep("10.0.0.1", "db-0")]);
+    index.apply_pod(&pod);
+    let snap = snapshot(&mut index, "shop", "web", 80);
+    let e = endpoint(&snap, "10.0.0.1:8080");
+    assert_eq!(e.labels.get("control_plane_ns"), None);
+    assert_eq!(e.labels.get("pod_template_hash"), None);
+}
+
+#[test]
+fn pod_of_another_control_plane_is_labelled_with_it() {
+    let mut pod = mk_pod("shop", "db-0", "10.0.0.1", "db", true);
+    set_label(&mut pod.metadata, labels::CONTROL_PLANE_NS, "other-linkerd");
+    let mut index = web_with(vec![mk_ep("10.0.0.1", "db-0")]);
+    index.apply_pod(&pod);
+    let snap = snapshot(&mut index, "shop", "web", 80);
+    let e = endpoint(&snap, "10.0.0.1:8080");
+    assert_eq!(
+        e.labels.get("control_plane_ns").map(String::as_str),
+        Some("other-linkerd")
     );
 }
 

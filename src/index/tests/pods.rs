@@ -379,3 +379,57 @@ fn a_pod_looked_up_by_name_follows_apply_delete_and_reset() {
     index.delete_pod("shop", "web-1");
     assert!(rx.borrow_and_update().is_none());
 }
+
+#[test]
+fn inbound_port_env_in_ipv6_form() {
+    let pod = with_proxy_env(
+        mk_pod("shop", "db-1", "10.0.0.1", "db", true),
+        labels::PROXY_INBOUND_LISTEN_ADDR_ENV,
+        "[::]:4999",
+    );
+    assert_eq!(
+        serve(pod, "10.0.0.1", 5432).hint,
+        ProtocolHint::Opaque { inbound_port: 4999 }
+    );
+}
+
+#[test]
+fn inbound_port_env_that_does_not_parse_falls_back_to_4143() {
+    for value in ["0.0.0.0", "0.0.0.0:http", "0.0.0.0:0", "0.0.0.0:70000", ""] {
+        let pod = with_proxy_env(
+            mk_pod("shop", "db-1", "10.0.0.1", "db", true),
+            labels::PROXY_INBOUND_LISTEN_ADDR_ENV,
+            value,
+        );
+        assert_eq!(serve(pod, "10.0.0.1", 5432).hint, OPAQUE_4143, "{value:?}");
+    }
+}
+
+#[test]
+fn inbound_port_of_a_native_sidecar_proxy() {
+    // Linkerd's native sidecar mode runs the proxy as an init container that keeps running.
+    let mut pod = mk_pod("shop", "db-1", "10.0.0.1", "db", true);
+    let spec = pod.spec.as_mut().unwrap();
+    let mut proxy = spec.containers.pop().unwrap();
+    assert_eq!(proxy.name, labels::PROXY_CONTAINER);
+    proxy.env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+        name: labels::PROXY_INBOUND_LISTEN_ADDR_ENV.into(),
+        value: Some("0.0.0.0:4888".into()),
+        ..Default::default()
+    }]);
+    spec.init_containers = Some(vec![proxy]);
+    assert_eq!(
+        serve(pod, "10.0.0.1", 5432).hint,
+        ProtocolHint::Opaque { inbound_port: 4888 }
+    );
+}
+
+#[test]
+fn empty_control_plane_label_is_not_meshed() {
+    let mut pod = mk_pod("shop", "web-1", "10.0.0.1", "web", true);
+    set_label(&mut pod.metadata, labels::CONTROL_PLANE_NS, "");
+    let e = serve(pod, "10.0.0.1", 8080);
+    assert_eq!(e.identity, None);
+    assert_eq!(e.hint, ProtocolHint::Unknown);
+    assert_eq!(e.labels.get("control_plane_ns"), None);
+}
