@@ -15,9 +15,11 @@
 #   scripts/linkerd-destination.sh crds FILE
 #       Write the CustomResourceDefinitions the controller lists (ServiceProfile, Server,
 #       ExternalWorkload), as the tag's chart has them, to FILE (from the same cache).
+#   scripts/linkerd-destination.sh prepare KUBECONFIG
+#       Install the CRDs and the control-plane namespace `linkerd` in the API server.
 #   scripts/linkerd-destination.sh run KUBECONFIG GRPC_ADDR ADMIN_ADDR
-#       Install the CRDs and the control-plane namespace `linkerd` in the API server,
-#       then exec the controller with the flags the benchmark's world assumes.
+#       Exec the controller with the flags the benchmark's world assumes (the process
+#       keeps this script's pid, for --target-pid).
 #   scripts/linkerd-destination.sh bin
 #       Print the binary's path (exit 1 when it is not built).
 set -euo pipefail
@@ -74,13 +76,19 @@ cmd_build() {
     log "built in $((SECONDS - start))s: $BIN"
 }
 
-cmd_run() {
-    local kubeconfig=$1 grpc=$2 admin=$3
-    [[ -x "$BIN" ]] || die "not built yet: run '$PROG build' first"
+cmd_prepare() {
+    local kubeconfig=$1
+    [[ -s "$CRDS" ]] || die "not built yet: run '$PROG build' first"
     command -v kubectl >/dev/null || die "kubectl is needed to install the CRDs"
     local kc=(kubectl --kubeconfig "$kubeconfig")
     "${kc[@]}" apply -f "$CRDS" >/dev/null
     "${kc[@]}" create namespace linkerd --dry-run=client -o yaml | "${kc[@]}" apply -f - >/dev/null
+    "${kc[@]}" wait --for condition=established --timeout=60s -f "$CRDS" >/dev/null
+}
+
+cmd_run() {
+    local kubeconfig=$1 grpc=$2 admin=$3
+    [[ -x "$BIN" ]] || die "not built yet: run '$PROG build' first"
     # HOSTNAME names the external-workload controller's lease holder.
     HOSTNAME="${HOSTNAME:-bench}" exec "$BIN" destination \
         -addr "$grpc" -metrics-addr "$admin" -kubeconfig "$kubeconfig" \
@@ -92,6 +100,7 @@ cmd_run() {
 case "${1:-}" in
 build) cmd_build "${2:-}" ;;
 crds) [[ -s "$CRDS" ]] || die "not built yet"; cp "$CRDS" "${2:?crds FILE}" ;;
+prepare) (($# == 2)) || die "prepare KUBECONFIG"; cmd_prepare "$2" ;;
 run) shift; (($# == 3)) || die "run KUBECONFIG GRPC_ADDR ADMIN_ADDR"; cmd_run "$@" ;;
 bin) [[ -x "$BIN" ]] && echo "$BIN" ;;
 *) sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 2 ;;

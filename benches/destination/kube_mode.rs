@@ -345,6 +345,9 @@ impl Sizes {
     }
 }
 
+/// A target older than this (seconds) was not started for a cold start.
+const YOUNG_S: f64 = 30.0;
+
 /// Runs the chosen scenarios; returns the world's and the scenarios' figures.
 pub async fn run(o: KubeOptions) -> Result<(Value, Value)> {
     let client = kube_client(&o.kubeconfig).await?;
@@ -359,10 +362,23 @@ pub async fn run(o: KubeOptions) -> Result<(Value, Value)> {
     }
     let sz = Sizes::new(&o);
     let wanted = |name: &str| o.scenarios.is_empty() || o.scenarios.iter().any(|s| s == name);
-    // Cold start measures the target from its own start: only read the world back then.
-    let age_at_start = target.pid.and_then(proc::age_seconds);
-    // A server started on an existing world is what cold start measures: find it again.
-    let cold = wanted("cold-start") && target.pid.is_some();
+    let mut out = serde_json::Map::new();
+    // Cold start times a server started on an existing world from its own start: it runs
+    // first, before this process reads the world back, and needs only its size.
+    let cold = wanted("cold-start") && !o.world_only;
+    if cold {
+        match target.pid.map(|p| (p, proc::age_seconds(p).unwrap_or(0.0))) {
+            Some((pid, age)) if age <= YOUNG_S => {
+                let v = cold_start(target, sz.services, sz.endpoints, pid).await?;
+                out.insert("cold-start".into(), v);
+            }
+            Some((_, age)) => eprintln!(
+                "cold-start: the target started {age:.0} s ago; it times a server started \
+                 right before the benchmark on an existing world (scripts/bench-kube.sh does): skipped"
+            ),
+            None => eprintln!("cold-start needs --target-pid: skipped"),
+        }
+    }
     let opened = KubeWorld::open(
         &client,
         sz.services,
@@ -371,7 +387,10 @@ pub async fn run(o: KubeOptions) -> Result<(Value, Value)> {
         o.reuse_world || cold,
     )
     .await?;
-    let created = opened.created;
+    if cold && opened.created {
+        eprintln!("cold-start: there was no world of this size to load; its figures mean nothing");
+        out.remove("cold-start");
+    }
     let world = Arc::new(opened.world);
     let world_json = json!({
         "services": sz.services,
@@ -388,23 +407,10 @@ pub async fn run(o: KubeOptions) -> Result<(Value, Value)> {
         if opened.created { "created" } else { "found" },
         opened.create_ms / 1e3
     );
-    let mut out = serde_json::Map::new();
     if o.world_only {
         return Ok((world_json, Value::Object(out)));
     }
     let runs = o.runs;
-    if wanted("cold-start") {
-        match target.pid {
-            Some(_) if created => {
-                eprintln!("cold-start: the world was created now, not loaded at start: skipped")
-            }
-            Some(pid) => {
-                let v = cold_start(target, &world, age_at_start.unwrap_or(0.0), pid).await?;
-                out.insert("cold-start".into(), v);
-            }
-            None => eprintln!("cold-start needs --target-pid: skipped"),
-        }
-    }
     if wanted("idle") {
         let v = median_of(runs, "/rss_mib", || idle(target, &world, sz.idle)).await?;
         out.insert("idle".into(), v);
@@ -474,37 +480,25 @@ pub async fn run(o: KubeOptions) -> Result<(Value, Value)> {
 }
 
 /// cold start: from the target's process start to every service's whole set on a stream.
-async fn cold_start(
-    target: Target,
-    world: &KubeWorld,
-    age_at_start: f64,
-    pid: u32,
-) -> Result<Value> {
-    if age_at_start > 60.0 {
-        eprintln!(
-            "warning: the target started {age_at_start:.0} s before the benchmark; cold-start \
-             measures a server started right before it (scripts/bench-kube.sh does so)"
-        );
-    }
-    let started_at =
-        now_nanos().saturating_sub(proc::age_seconds(pid).map_or(0, |a| (a * 1e9) as u128));
-    let s = world.services();
+async fn cold_start(target: Target, services: usize, endpoints: usize, pid: u32) -> Result<Value> {
+    let age = proc::age_seconds(pid).unwrap_or(0.0);
+    let started_at = now_nanos().saturating_sub((age * 1e9) as u128);
     let clients = connect(target.addr, 1, None, Duration::from_secs(300)).await?;
     let listening_ms = ms(now_nanos() as i128 - started_at as i128);
     drop(clients);
     let held = hold(
         target,
-        (s, s.min(250)),
-        world.floor(),
+        (services, services.min(250)),
+        u32::MAX,
         None,
         |i| i,
         |_| false,
-        world.endpoints(),
+        endpoints,
     )
     .await?;
     let progress = Arc::clone(&held.progress);
-    let all = client::wait_until(Duration::from_secs(300), || {
-        progress.converged.load(Ordering::Relaxed) >= s
+    let all = client::wait_until(Duration::from_secs(120), || {
+        progress.converged.load(Ordering::Relaxed) >= services
     })
     .await;
     let first_ms = held.first_ms;
@@ -516,8 +510,8 @@ async fn cold_start(
         .max()
         .unwrap_or(0);
     Ok(json!({
-        "endpoints": s * world.endpoints(),
-        "target_age_when_benchmark_started_s": round(age_at_start),
+        "endpoints": services * endpoints,
+        "target_age_when_cold_start_began_s": round(age),
         "listening_ms": round(listening_ms),
         "load_to_ready_ms": round(ms(last as i128 - started_at as i128)),
         "every_service_complete": all,
