@@ -55,9 +55,10 @@ cmd_build() {
         return 0
     fi
     command -v go >/dev/null || die "Go is needed to build Linkerd's controller"
-    local repo=${1:-} work
+    local repo=${1:-}
+    # Global, so the EXIT trap still sees it after this function returns.
     work="$(mktemp -d "${TMPDIR:-/tmp}/meshlink-linkerd-build.XXXXXX")"
-    trap 'rm -rf "$work"' EXIT
+    trap 'rm -rf "${work:-}"' EXIT
     if [[ -z $repo ]]; then
         git clone --quiet --depth 1 --branch "$TAG" https://github.com/linkerd/linkerd2 "$work/clone" ||
             die "cannot clone linkerd2; pass a local clone as REPO"
