@@ -11,10 +11,14 @@
 //! cargo bench --bench destination                  # every scenario at full size
 //! cargo bench --bench destination -- --quick       # small sizes, seconds (CI)
 //! cargo bench --bench destination -- --scenario fanout-25k --runs 3 --json out.json
+//! cargo bench --bench destination -- --kubeconfig K --target HOST:PORT --target-pid PID
+//! cargo bench --bench destination -- --compare a.json b.json
 //! ```
 
 mod client;
+mod compare;
 mod kube_mode;
+mod kube_world;
 mod proc;
 mod world;
 
@@ -450,45 +454,96 @@ async fn cold_start(services: usize, endpoints: usize) -> Result<Value> {
 
 struct Options {
     quick: bool,
-    scenario: Option<String>,
+    /// Scenarios to run (all when empty); `--scenario a,b`.
+    scenarios: Vec<String>,
     json: Option<String>,
     runs: usize,
     kubeconfig: Option<std::path::PathBuf>,
     target: Option<SocketAddr>,
-    /// `--size S,E,N,M` overrides the idle scenario's sizes.
+    target_pid: Option<u32>,
+    label: Option<String>,
+    compare: Option<(String, String)>,
+    /// `--size S,E,N,M` overrides the idle scenario's sizes (in Kubernetes mode also the
+    /// world's services and endpoints).
     size: Option<[usize; 4]>,
     /// `--seconds N` overrides the churn scenario's duration.
     seconds: Option<u64>,
+    /// `--changes N` overrides the changes per fan-out run (Kubernetes mode).
+    changes: Option<usize>,
+    reuse_world: bool,
+    world_only: bool,
+    writers: usize,
 }
+
+const USAGE: &str = "\
+usage: destination [--quick] [--scenario NAME[,NAME..]] [--runs N] [--json PATH] [--label NAME]
+                   [--size S,E,N,M] [--seconds N]
+  scenarios: cold-start idle idle-multicluster fanout-1k fanout-25k rollout churn slow-readers
+Kubernetes mode, changes through a real API server to any destination server:
+  --kubeconfig PATH --target HOST:PORT   the API server, and the server holding the streams
+  --target-pid PID                       read that process's RSS and CPU time (and cold start)
+  --reuse-world                          keep the world of an earlier run if it has this size
+  --world-only                           create (or find) the world and exit
+  --writers N                            concurrent writes while creating it (16)
+  --changes N                            changes per fan-out run (100; 10 with --quick)
+  --size S,E,N,M                         world S services x E endpoints; idle N streams / M connections
+--compare A.json B.json                  two reports side by side, with ratios";
 
 fn parse_options() -> Result<Options> {
     let mut o = Options {
         quick: false,
-        scenario: None,
+        scenarios: Vec::new(),
         json: None,
         runs: 1,
         kubeconfig: None,
         target: None,
+        target_pid: None,
+        label: None,
+        compare: None,
         size: None,
         seconds: None,
+        changes: None,
+        reuse_world: false,
+        world_only: false,
+        writers: 16,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        let mut value = |what: &str| args.next().with_context(|| format!("{a} {what}"));
         match a.as_str() {
             "--quick" => o.quick = true,
-            "--scenario" => o.scenario = Some(args.next().context("--scenario NAME")?),
-            "--json" => o.json = Some(args.next().context("--json PATH")?),
-            "--runs" => o.runs = args.next().context("--runs N")?.parse()?,
-            "--kubeconfig" => o.kubeconfig = Some(args.next().context("--kubeconfig PATH")?.into()),
-            "--target" => o.target = Some(args.next().context("--target HOST:PORT")?.parse()?),
-            "--seconds" => o.seconds = Some(args.next().context("--seconds N")?.parse()?),
+            "--scenario" => {
+                o.scenarios = value("NAME[,NAME..]")?
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            }
+            "--json" => o.json = Some(value("PATH")?),
+            "--runs" => o.runs = value("N")?.parse().context("--runs N")?,
+            "--kubeconfig" => o.kubeconfig = Some(value("PATH")?.into()),
+            "--target" => {
+                o.target = Some(value("HOST:PORT")?.parse().context("--target HOST:PORT")?)
+            }
+            "--target-pid" => {
+                o.target_pid = Some(value("PID")?.parse().context("--target-pid PID")?)
+            }
+            "--label" => o.label = Some(value("NAME")?),
+            "--compare" => {
+                let a = value("A.json B.json")?;
+                let b = value("A.json B.json")?;
+                o.compare = Some((a, b));
+            }
+            "--seconds" => o.seconds = Some(value("N")?.parse().context("--seconds N")?),
+            "--changes" => o.changes = Some(value("N")?.parse().context("--changes N")?),
+            "--writers" => o.writers = value("N")?.parse().context("--writers N")?,
+            "--reuse-world" => o.reuse_world = true,
+            "--world-only" => o.world_only = true,
             "--size" => {
-                let v: Vec<usize> = args
-                    .next()
-                    .context("--size S,E,N,M")?
+                let v: Vec<usize> = value("S,E,N,M")?
                     .split(',')
                     .map(str::parse)
-                    .collect::<Result<_, _>>()?;
+                    .collect::<Result<_, _>>()
+                    .context("--size takes four numbers: services,endpoints,streams,connections")?;
                 o.size = Some(v.try_into().map_err(|_| {
                     anyhow::anyhow!(
                         "--size takes four numbers: services,endpoints,streams,connections"
@@ -497,18 +552,29 @@ fn parse_options() -> Result<Options> {
             }
             "--bench" => {}
             "--help" | "-h" => {
-                println!(
-                    "usage: destination [--quick] [--scenario NAME] [--runs N] [--json PATH]\n\
-                     scenarios: cold-start idle idle-multicluster fanout-1k fanout-25k rollout churn slow-readers\n\
-                     with --kubeconfig PATH --target HOST:PORT: changes go through that API server,\n\
-                     streams are held on the target destination server"
-                );
+                println!("{USAGE}");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
+    if o.kubeconfig.is_none() && (o.target_pid.is_some() || o.reuse_world || o.world_only) {
+        bail!("--target-pid, --reuse-world and --world-only need --kubeconfig");
+    }
     Ok(o)
+}
+
+/// The machine and the run, for every report.
+fn machine(opts: &Options) -> Value {
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": proc::cpu_model(),
+        "quick": opts.quick,
+        "label": opts.label,
+        "mode": if opts.kubeconfig.is_some() { "kubernetes" } else { "in-process" },
+        "target": opts.target.map(|t| t.to_string()),
+        "target_pid": opts.target_pid,
+    })
 }
 
 /// Runs `f` `runs` times and keeps the run with the median of `key` (or the only run).
@@ -533,30 +599,30 @@ where
 
 async fn run(opts: Options) -> Result<()> {
     let q = opts.quick;
+    if let Some((a, b)) = &opts.compare {
+        print!("{}", compare::table(a, b)?);
+        return Ok(());
+    }
     if let Some(kubeconfig) = opts.kubeconfig.clone() {
         let target = opts
             .target
             .context("--kubeconfig needs --target HOST:PORT (the destination server to measure)")?;
-        let (services, endpoints, streams, connections, changes) = if q {
-            (4, 20, 200, 4, 5)
-        } else {
-            (10, 100, 1000, 10, 20)
-        };
-        let v = kube_mode::run(kube_mode::KubeOptions {
+        let (world, scenarios) = kube_mode::run(kube_mode::KubeOptions {
             kubeconfig,
             target,
-            services,
-            endpoints,
-            streams,
-            connections,
-            changes,
-            interval: Duration::from_millis(200),
+            target_pid: opts.target_pid,
+            quick: q,
+            scenarios: opts.scenarios.clone(),
+            size: opts.size,
+            seconds: opts.seconds,
+            changes: opts.changes,
+            runs: opts.runs,
+            reuse_world: opts.reuse_world,
+            world_only: opts.world_only,
+            writers: opts.writers,
         })
         .await?;
-        let report = json!({
-            "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "quick": q},
-            "scenarios": {"kube-fanout": v},
-        });
+        let report = json!({"machine": machine(&opts), "world": world, "scenarios": scenarios});
         return emit(&report, opts.json);
     }
     let size = |services, endpoints, streams, connections| Size {
@@ -566,7 +632,7 @@ async fn run(opts: Options) -> Result<()> {
         streams,
         connections,
     };
-    let wanted = |name: &str| opts.scenario.as_deref().is_none_or(|s| s == name);
+    let wanted = |name: &str| opts.scenarios.is_empty() || opts.scenarios.iter().any(|s| s == name);
     let mut out = serde_json::Map::new();
     let runs = opts.runs;
     if wanted("cold-start") {
@@ -688,10 +754,7 @@ async fn run(opts: Options) -> Result<()> {
             json!({"without_stalled": base, "with_1pct_stalled": slow, "send_timeout_s": 2}),
         );
     }
-    let report = json!({
-        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "quick": q},
-        "scenarios": Value::Object(out),
-    });
+    let report = json!({"machine": machine(&opts), "scenarios": Value::Object(out)});
     emit(&report, opts.json)
 }
 
@@ -735,30 +798,26 @@ fn print_table(report: &Value) {
                     get(v, "/idle_cpu_s_per_s")
                 ),
                 "fanout-1k" | "fanout-25k" => format!(
-                    "each stream p50 {} p99 {} max {} ms; last stream p99 {} max {} ms; {} updates/s",
+                    "each stream p50 {} p99 {} max {} ms; last stream p99 {} max {} ms; {} updates/s; {} missed; peak RSS {} MiB",
                     get(v, "/latency_ms/p50"),
                     get(v, "/latency_ms/p99"),
                     get(v, "/latency_ms/max"),
                     get(v, "/to_last_stream_ms/p99"),
                     get(v, "/to_last_stream_ms/max"),
-                    get(v, "/updates_per_s")
-                ),
-                "kube-fanout" => format!(
-                    "through the API server to {}: each stream p50 {} p99 {} ms; last stream p99 {} ms",
-                    get(v, "/target"),
-                    get(v, "/latency_ms/p50"),
-                    get(v, "/latency_ms/p99"),
-                    get(v, "/to_last_stream_ms/p99")
+                    get(v, "/updates_per_s"),
+                    get(v, "/deliveries_missed"),
+                    get(v, "/peak_rss_mib")
                 ),
                 "rollout" => format!(
                     "every stream converged {} ms after the last step",
                     get(v, "/every_stream_converged_after_last_step_ms")
                 ),
                 "churn" => format!(
-                    "{} changes/s: lag p50 {} p99 {} ms; RSS {} -> {} MiB ({}%)",
+                    "{} changes/s: lag p50 {} p99 {} ms, {} missed; RSS {} -> {} MiB ({}%)",
                     get(v, "/changes_per_s"),
                     get(v, "/latency_ms/p50"),
                     get(v, "/latency_ms/p99"),
+                    get(v, "/deliveries_missed"),
                     get(v, "/rss_after_warmup_mib"),
                     get(v, "/rss_end_mib"),
                     get(v, "/rss_growth_pct")
