@@ -20,5 +20,6 @@ echo "== smoke test of the README commands"
 echo "== benchmark, quick mode (in-process world, then through a real API server)"
 cargo bench --locked --bench destination -- --quick --json target/bench-quick.json
 ./scripts/bench-kube.sh --quick --json target/bench-kube-quick.json
+./scripts/bench-mirror.sh --quick --json target/bench-mirror-quick.json
 echo "== container image (Dockerfile) builds and runs"
 ./scripts/image-check.sh

@@ -16,12 +16,12 @@ use std::time::Instant;
 use clap::Parser;
 use k8s::*;
 use k8s_openapi::api::{
-    core::v1::{Namespace, Secret, Service},
+    core::v1::{Namespace, Pod, Secret, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use meshlink::{
     k8s::link::{Link, LinkTarget},
@@ -41,6 +41,7 @@ struct World {
     env: Env,
     east: Client,
     west: Client,
+    north: Client,
     gateway_ip: String,
     probe: mirror_support::netns::ProbeTarget,
     _netns: mirror_support::netns::NetNs,
@@ -55,13 +56,15 @@ async fn service_mirror_against_real_api_servers() {
         .with_test_writer()
         .try_init();
     let started = Instant::now();
-    let env = Env::up(&["east", "west"]).await;
+    let env = Env::up(&["east", "west", "north"]).await;
     println!("API servers up in {:?}", started.elapsed());
     let w = setup(env).await;
     // A user-made Service with a future mirror's name, there before the Link.
     user_service(&w.east, "users-west").await;
     link_west(&w).await;
     let mut mirror = start_mirror(&w).await;
+    // The destination service on east, with the mirror, end to end.
+    let serve = start_serve(&w).await;
 
     step(
         "export web (gateway) -> web-west with ports, labels, annotations, slice",
@@ -70,7 +73,7 @@ async fn service_mirror_against_real_api_servers() {
     .await;
     step(
         "meshlink serve on east answers Get web-west via the gateway",
-        serve_resolves_gateway_mirror(&w),
+        serve_resolves_gateway_mirror(&w, &serve),
     )
     .await;
     step(
@@ -84,8 +87,18 @@ async fn service_mirror_against_real_api_servers() {
     )
     .await;
     step(
+        "Get api-west streams west's pods; a pod added in west reaches the open stream",
+        serve_streams_remote_discovery(&w, &serve),
+    )
+    .await;
+    step(
         "headless db with 2 hosts -> endpoint mirrors; scale to 1",
         headless(&w),
+    )
+    .await;
+    step(
+        "Get db-0-west resolves through the gateway",
+        serve_resolves_headless_host(&w, &serve),
     )
     .await;
     step(
@@ -104,8 +117,14 @@ async fn service_mirror_against_real_api_servers() {
     )
     .await;
     step(
-        "federated members in east and west -> cache-federated; west leaves",
-        federated(&w),
+        "a kubeconfig that does not parse, a probe spec with a bad duration: errors in status, others fine",
+        bad_input(&w),
+    )
+    .await;
+    step(
+        "federated members in east, west and north (one Link never lists) -> cache-federated; \
+         west leaves and the stream drops only its address",
+        federated(&w, &serve),
     )
     .await;
     step("unexport -> mirror gone", unexport(&w)).await;
@@ -132,7 +151,11 @@ async fn service_mirror_against_real_api_servers() {
         two_replicas(&w),
     )
     .await;
-    mirror = start_mirror(&w).await;
+    mirror = step(
+        "RBAC: the mirror with only deploy/'s role mirrors; a write outside it is refused",
+        rbac_mirror(&w),
+    )
+    .await;
     step(
         "west's API server stops: mirrors stay, status says unreachable",
         target_down(&w),
@@ -144,6 +167,7 @@ async fn service_mirror_against_real_api_servers() {
     )
     .await;
     mirror.stop().await;
+    serve.stop().await;
     println!("all cases passed in {:?}", started.elapsed());
 }
 
@@ -161,12 +185,15 @@ async fn setup(env: Env) -> World {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let east = env.admin("east").await;
     let west = env.admin("west").await;
+    let north = env.admin("north").await;
     apply_yaml(
         &east,
         &std::fs::read_to_string(root.join("deploy/crds/link.yaml")).expect("CRD"),
     )
     .await;
-    for c in [&east, &west] {
+    // deploy/ as a user installs it: the mirror's ServiceAccount and roles, for the RBAC case.
+    apply_kustomization(&east, &root.join("deploy")).await;
+    for c in [&east, &west, &north] {
         for ns in ["linkerd", "shop"] {
             apply::<Namespace>(
                 c,
@@ -182,6 +209,7 @@ async fn setup(env: Env) -> World {
         env,
         east,
         west,
+        north,
         gateway_ip: ip.to_string(),
         probe,
         _netns: netns,
@@ -212,7 +240,10 @@ async fn link_west(w: &World) {
 }
 
 fn mirror_args(w: &World, extra: &[&str]) -> MirrorArgs {
-    let kubeconfig = w.env.kubeconfig("east");
+    mirror_args_with(&w.env.kubeconfig("east"), extra)
+}
+
+fn mirror_args_with(kubeconfig: &std::path::Path, extra: &[&str]) -> MirrorArgs {
     let mut argv = vec![
         "mirror",
         "--kubeconfig",
@@ -464,7 +495,7 @@ async fn export_gateway(w: &World) {
     .await;
 }
 
-async fn serve_resolves_gateway_mirror(w: &World) {
+async fn start_serve(w: &World) -> TestServer {
     let kubeconfig = w.env.kubeconfig("east");
     let args = ServeArgs::try_parse_from([
         "serve",
@@ -481,12 +512,15 @@ async fn serve_resolves_gateway_mirror(w: &World) {
     ])
     .expect("flags");
     let server = runtime::serve(args).await.expect("serve starts");
-    let server = TestServer {
+    TestServer {
         grpc: server.grpc_addr,
         admin: server.admin_addr,
         server: Some(server),
         dir: tempfile::tempdir().expect("temp dir"),
-    };
+    }
+}
+
+async fn serve_resolves_gateway_mirror(w: &World, server: &TestServer) {
     let stream = server
         .get("web-west.shop.svc.cluster.local:8080")
         .await
@@ -504,13 +538,21 @@ async fn serve_resolves_gateway_mirror(w: &World) {
         Some("web.shop.svc.cluster.local:8080")
     );
     assert_eq!(addr_of(gw).to_string(), want);
-    server.stop().await;
     let _ = next::<()>;
 }
 
 async fn export_remote_discovery(w: &World) {
     remote_service(&w.west, "shop", "api", "remote-discovery", false).await;
-    remote_slice(&w.west, "shop", "api", &[("10.2.0.7", None)]).await;
+    // A meshed pod (its identity is west's), as the destination service streams it later.
+    meshed_pod(&w.west, "shop", "api-0", "api", "10.2.0.7").await;
+    pod_slice(
+        &w.west,
+        "shop",
+        "api",
+        ("http", 8080),
+        &[("api-0", "10.2.0.7")],
+    )
+    .await;
     let m = wait_svc(&w.east, "shop", "api-west").await;
     assert_eq!(
         label(&m, "multicluster.linkerd.io/remote-discovery"),
@@ -822,16 +864,40 @@ async fn federated_service(c: &Client, member: bool) {
     .await;
 }
 
-async fn federated(w: &World) {
-    federated_service(&w.east, true).await;
-    federated_service(&w.west, true).await;
+async fn federated(w: &World, serve: &TestServer) {
+    // A member cluster whose API server never answers: the others are written regardless.
+    let dead = w.env.file("south.kubeconfig");
+    let west_kubeconfig = std::fs::read_to_string(w.env.kubeconfig("west")).expect("kubeconfig");
+    let south_kubeconfig = west_kubeconfig.replace(
+        &w.env.apiserver_addr("west").to_string(),
+        &format!("127.0.0.1:{}", support::free_port()),
+    );
+    std::fs::write(&dead, &south_kubeconfig).expect("write");
+    link_cluster(&w.east, "south", &south_kubeconfig).await;
+    link_cluster(
+        &w.east,
+        "north",
+        &std::fs::read_to_string(w.env.kubeconfig("north")).expect("kubeconfig"),
+    )
+    .await;
+
+    for (c, ip) in [
+        (&w.east, "10.1.0.40"),
+        (&w.west, "10.2.0.40"),
+        (&w.north, "10.3.0.40"),
+    ] {
+        federated_service(c, true).await;
+        meshed_pod(c, "shop", "cache-0", "cache", ip).await;
+        pod_slice(c, "shop", "cache", ("redis", 6379), &[("cache-0", ip)]).await;
+    }
     let fed = poll(
-        "cache-federated lists west and the local member",
+        "cache-federated lists west, north and the local member",
         || async {
             get_svc(&w.east, "shop", "cache-federated")
                 .await
                 .filter(|s| {
-                    annotation(s, "multicluster.linkerd.io/remote-discovery") == Some("cache@west")
+                    annotation(s, "multicluster.linkerd.io/remote-discovery")
+                        == Some("cache@north,cache@west")
                         && annotation(s, "multicluster.linkerd.io/local-discovery") == Some("cache")
                 })
         },
@@ -848,20 +914,282 @@ async fn federated(w: &World) {
         .and_then(|s| s.ports.clone())
         .unwrap_or_default();
     assert_eq!(ports[0].port, 6379);
-    // West leaves: its entry goes, the local member stays.
+
+    let stream = serve
+        .get("cache-federated.shop.svc.cluster.local:6379")
+        .await
+        .expect("Get cache-federated");
+    let mut tracked = Tracked::new("cache-federated", stream);
+    tracked
+        .converge(&["10.1.0.40:6379", "10.2.0.40:6379", "10.3.0.40:6379"])
+        .await;
+    assert_eq!(
+        identity(tracked.get("10.3.0.40:6379")).as_deref(),
+        Some("cache.shop.serviceaccount.identity.linkerd.north.example")
+    );
+    assert_eq!(tracked.removes, 0);
+
+    // West leaves: its entry goes, and the stream drops its address only.
     federated_service(&w.west, false).await;
     poll("west's entry is gone", || async {
         get_svc(&w.east, "shop", "cache-federated")
             .await
             .filter(|s| {
-                annotation(s, "multicluster.linkerd.io/remote-discovery").is_none()
+                annotation(s, "multicluster.linkerd.io/remote-discovery") == Some("cache@north")
                     && annotation(s, "multicluster.linkerd.io/local-discovery") == Some("cache")
             })
     })
     .await;
+    tracked
+        .converge(&["10.1.0.40:6379", "10.3.0.40:6379"])
+        .await;
+    assert_eq!(tracked.removes, 1, "only west's address was removed");
+
+    // North's Link goes: its entry goes with it.
+    for link in ["north", "south"] {
+        Api::<Link>::namespaced(w.east.clone(), "linkerd")
+            .delete(link, &DeleteParams::default())
+            .await
+            .expect("delete link");
+    }
+    poll("north's entry is gone", || async {
+        get_svc(&w.east, "shop", "cache-federated")
+            .await
+            .filter(|s| annotation(s, "multicluster.linkerd.io/remote-discovery").is_none())
+    })
+    .await;
+    tracked.converge(&["10.1.0.40:6379"]).await;
     // The local member leaves too: nothing is federated any more.
     federated_service(&w.east, false).await;
     wait_gone(&w.east, "shop", "cache-federated").await;
+}
+
+/// A credentials Secret and a Link (remote discovery and federation, no gateway) for `cluster`.
+async fn link_cluster(east: &Client, cluster: &str, kubeconfig: &str) {
+    let t = LinkTarget {
+        cluster_name: cluster.into(),
+        namespace: "linkerd".into(),
+        trust_domain: format!("{cluster}.example"),
+        cluster_domain: "cluster.local".into(),
+        target_linkerd_namespace: "linkerd".into(),
+        gateway: None,
+    };
+    apply::<Secret>(
+        east,
+        serde_json::to_value(t.credentials_secret(kubeconfig)).expect("secret"),
+    )
+    .await;
+    apply::<Link>(east, serde_json::to_value(t.link()).expect("link")).await;
+}
+
+/// A meshed pod (service account `sa`), Running and Ready at `ip`, as a kubelet reports it.
+async fn meshed_pod(c: &Client, ns: &str, name: &str, sa: &str, ip: &str) {
+    apply::<Pod>(
+        c,
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": ns, "name": name,
+                "labels": {"app": sa, "linkerd.io/control-plane-ns": "linkerd"}},
+            "spec": {"serviceAccountName": sa, "nodeName": "node-a", "containers": [
+                {"name": sa, "image": "app:1"},
+                {"name": "linkerd-proxy", "image": "proxy:1"}]}}),
+    )
+    .await;
+    Api::<Pod>::namespaced(c.clone(), ns)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                "conditions": [{"type": "Ready", "status": "True"}]}})),
+        )
+        .await
+        .expect("patch pod status");
+}
+
+/// The EndpointSlice of `svc` with the pods `(name, ip)` as ready endpoints on `port`.
+async fn pod_slice(c: &Client, ns: &str, svc: &str, port: (&str, u16), pods: &[(&str, &str)]) {
+    let endpoints: Vec<_> = pods
+        .iter()
+        .map(|(name, ip)| {
+            json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": "node-a",
+                "targetRef": {"kind": "Pod", "namespace": ns, "name": name}})
+        })
+        .collect();
+    apply::<EndpointSlice>(
+        c,
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"namespace": ns, "name": format!("{svc}-abcde"),
+                "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4",
+            "ports": [{"name": port.0, "port": port.1, "protocol": "TCP"}],
+            "endpoints": endpoints}),
+    )
+    .await;
+}
+
+async fn serve_streams_remote_discovery(w: &World, serve: &TestServer) {
+    let stream = serve
+        .get("api-west.shop.svc.cluster.local:8080")
+        .await
+        .expect("Get api-west");
+    let mut tracked = Tracked::new("api-west", stream);
+    tracked.converge(&["10.2.0.7:8080"]).await;
+    assert_eq!(
+        identity(tracked.get("10.2.0.7:8080")).as_deref(),
+        Some("api.shop.serviceaccount.identity.linkerd.west.example")
+    );
+    // A pod added in west reaches the open stream.
+    meshed_pod(&w.west, "shop", "api-1", "api", "10.2.0.8").await;
+    pod_slice(
+        &w.west,
+        "shop",
+        "api",
+        ("http", 8080),
+        &[("api-0", "10.2.0.7"), ("api-1", "10.2.0.8")],
+    )
+    .await;
+    tracked.converge(&["10.2.0.7:8080", "10.2.0.8:8080"]).await;
+    assert_eq!(tracked.removes, 0);
+}
+
+async fn serve_resolves_headless_host(w: &World, serve: &TestServer) {
+    let stream = serve
+        .get("db-0-west.shop.svc.cluster.local:8080")
+        .await
+        .expect("Get db-0-west");
+    let mut tracked = Tracked::new("db-0-west", stream);
+    let want = format!("{}:4143", w.gateway_ip);
+    tracked.converge(&[want.as_str()]).await;
+    let gw = tracked.get(&want);
+    assert_eq!(identity(gw).as_deref(), Some(GATEWAY_ID));
+    assert_eq!(
+        gw.authority_override
+            .as_ref()
+            .map(|o| o.authority_override.as_str()),
+        Some("db-0.db.shop.svc.cluster.local:8080")
+    );
+}
+
+async fn bad_input(w: &World) {
+    let links = Api::<Link>::namespaced(w.east.clone(), "linkerd");
+    let status_of = |name: &'static str| {
+        let links = links.clone();
+        async move { serde_json::to_value(links.get(name).await.expect("link").status).expect("status") }
+    };
+    // A credentials Secret whose kubeconfig does not parse.
+    let mut t = target(&w.gateway_ip);
+    t.cluster_name = "garbled".into();
+    t.gateway = None;
+    apply::<Secret>(
+        &w.east,
+        serde_json::to_value(t.credentials_secret("clusters: [not, a: kubeconfig"))
+            .expect("secret"),
+    )
+    .await;
+    apply::<Link>(&w.east, serde_json::to_value(t.link()).expect("link")).await;
+    // A probe spec with a bad duration (gateway mode; its selector matches nothing).
+    let mut link = serde_json::to_value(target(&w.gateway_ip).link()).expect("link");
+    link["metadata"]["name"] = json!("badprobe");
+    link["spec"]["targetClusterName"] = json!("badprobe");
+    link["spec"]["probeSpec"]["period"] = json!("3x");
+    link["spec"]["selector"] = json!({"matchLabels": {"nothing": "here"}});
+    apply::<Link>(&w.east, link).await;
+
+    eventually(
+        "the garbled Link says its kubeconfig does not parse",
+        || async {
+            let st = status_of("garbled").await;
+            let c = condition(&st, "TargetSynced");
+            c["status"] == "False"
+                && c["reason"] == "CredentialsInvalid"
+                && c["message"].as_str().is_some_and(|m| {
+                    m.contains("cluster-credentials-garbled") && m.contains("does not parse")
+                })
+        },
+    )
+    .await;
+    eventually("the bad probe spec is named in status", || async {
+        let st = status_of("badprobe").await;
+        let c = condition(&st, "GatewayAlive");
+        c["reason"] == "InvalidProbeSpec"
+            && c["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("probeSpec.period") && m.contains("3x"))
+    })
+    .await;
+    // The other Link's mirrors keep working: a new export is mirrored.
+    remote_service(&w.west, "shop", "search", "remote-discovery", false).await;
+    wait_svc(&w.east, "shop", "search-west").await;
+    assert_eq!(
+        condition(&link_status(&w.east).await, "TargetSynced")["status"],
+        "True"
+    );
+    for name in ["garbled", "badprobe"] {
+        links
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    remote_service(&w.west, "shop", "search", "no", false).await;
+    wait_gone(&w.east, "shop", "search-west").await;
+}
+
+async fn rbac_mirror(w: &World) -> Mirror {
+    // The mirror's own ServiceAccount from deploy/, nothing more.
+    let token = service_account_token(&w.east, "linkerd", "meshlink-mirror").await;
+    let count = |st: &serde_json::Value| st["mirroredServices"]["remoteDiscovery"].as_u64();
+    let before = count(&link_status(&w.east).await).unwrap_or(0);
+    let kubeconfig = w
+        .env
+        .token_kubeconfig("east", &token, "mirror-sa.kubeconfig");
+    let m = runtime::mirror::spawn(mirror_args_with(
+        &kubeconfig,
+        &["--leader-election", "true", "--lease-duration", "6s"],
+    ))
+    .await
+    .expect("mirror starts with its ServiceAccount");
+    remote_service(&w.west, "shop", "ledger", "remote-discovery", false).await;
+    wait_svc(&w.east, "shop", "ledger-west").await;
+    eventually("its status counts the new mirror", || async {
+        count(&link_status(&w.east).await) == Some(before + 1)
+    })
+    .await;
+    let lease =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(w.east.clone(), "linkerd")
+            .get("meshlink-mirror")
+            .await
+            .expect("lease");
+    assert!(
+        lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .is_some_and(|h| !h.is_empty()),
+        "it holds the Lease"
+    );
+    // The same credential is refused outside the role.
+    let sa = token_client(&w.env, "east", &token).await;
+    let refused = |r: kube::Result<()>| matches!(r, Err(kube::Error::Api(e)) if e.code == 403);
+    let cm: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "sneaky"}})).expect("configmap");
+    assert!(refused(
+        Api::namespaced(sa.clone(), "linkerd")
+            .create(&kube::api::PostParams::default(), &cm)
+            .await
+            .map(drop)
+    ));
+    assert!(refused(
+        Api::<Secret>::namespaced(sa.clone(), "linkerd")
+            .list(&ListParams::default())
+            .await
+            .map(drop)
+    ));
+    assert!(refused(
+        Api::<Secret>::namespaced(sa, "shop")
+            .get("anything")
+            .await
+            .map(drop)
+    ));
+    m
 }
 
 async fn bad_credentials(w: &World) {

@@ -183,6 +183,13 @@ async fn on_link(
         tracing::info!(link = %name, "the Link changed; restarting its reconciler");
         r.stop().await;
     }
+    // Known to the federation before the reconciler runs, so its cluster's entries are
+    // kept, not dropped, by a federation pass that comes first.
+    if let Ok(cfg) = super::desired::LinkConfig::from_link(&link) {
+        shared
+            .federation
+            .publish(&name, super::federated::Contribution { cfg, members: None });
+    }
     let (stop, stop_rx) = watch::channel(false);
     let spec = link.spec.clone();
     let task = tokio::spawn(

@@ -55,19 +55,28 @@ impl Federation {
 }
 
 /// The `<svc>-federated` Services every contribution and the local members call for.
-/// `None` while some Link has not synced yet (a partial member list would drop members).
+/// A Link that has not synced (yet) keeps its cluster's entries of the live federated
+/// Services in `local`, so it neither holds the others back nor has its members dropped.
 pub fn desired(
     links: &BTreeMap<String, Contribution>,
     local: &[Arc<Service>],
-) -> Option<BTreeMap<ObjKey, Service>> {
-    // (ns, svc) -> (remote "svc@cluster" entries, a member Service for ports and labels)
+) -> BTreeMap<ObjKey, Service> {
+    // (ns, svc) -> (remote "svc@cluster" entries, member Services for ports and labels)
     let mut remote: BTreeMap<ObjKey, (BTreeSet<String>, Vec<Arc<Service>>)> = BTreeMap::new();
+    let mut unsynced: BTreeSet<&str> = BTreeSet::new();
     for c in links.values() {
-        for (key, svc) in c.members.as_ref()? {
+        let Some(members) = c.members.as_ref() else {
+            unsynced.insert(c.cfg.cluster.as_str());
+            continue;
+        };
+        for (key, svc) in members {
             let e = remote.entry(key.clone()).or_default();
             e.0.insert(format!("{}@{}", key.1, c.cfg.cluster));
             e.1.push(Arc::clone(svc));
         }
+    }
+    if !unsynced.is_empty() {
+        carry_unsynced(local, &unsynced, &mut remote);
     }
     let mut locals: BTreeMap<ObjKey, Arc<Service>> = BTreeMap::new();
     for svc in local {
@@ -132,7 +141,7 @@ pub fn desired(
         if local_member.is_some() {
             a.insert(labels::MC_LOCAL_DISCOVERY.to_string(), name.clone());
         }
-        let fed_name = format!("{name}-federated");
+        let fed_name = federated_name(name);
         out.insert(
             (ns.clone(), fed_name.clone()),
             Service {
@@ -151,7 +160,38 @@ pub fn desired(
             },
         );
     }
-    Some(out)
+    out
+}
+
+/// `<svc>-federated`.
+fn federated_name(svc: &str) -> String {
+    format!("{svc}-federated")
+}
+
+/// Adds the entries of clusters whose Links have not synced, as the live federated
+/// Services list them; the live Service stands in as a member (for its ports).
+fn carry_unsynced(
+    local: &[Arc<Service>],
+    unsynced: &BTreeSet<&str>,
+    remote: &mut BTreeMap<ObjKey, (BTreeSet<String>, Vec<Arc<Service>>)>,
+) {
+    for live in local.iter().filter(|s| owned(s)) {
+        let Some(listed) = live.annotations().get(labels::MC_REMOTE_DISCOVERY) else {
+            continue;
+        };
+        let ns = live.namespace().unwrap_or_default();
+        for entry in listed.split(',') {
+            let Some((svc, cluster)) = entry.trim().split_once('@') else {
+                continue;
+            };
+            if !unsynced.contains(cluster) || federated_name(svc) != live.name_any() {
+                continue;
+            }
+            let e = remote.entry((ns.clone(), svc.to_string())).or_default();
+            e.0.insert(entry.trim().to_string());
+            e.1.push(Arc::clone(live));
+        }
+    }
 }
 
 fn owned(svc: &Service) -> bool {
@@ -175,13 +215,7 @@ pub async fn run(
     let mut local = shared.local_changed.clone();
     let mut written: BTreeMap<ObjKey, Service> = BTreeMap::new();
     loop {
-        let want = {
-            let links = federation.links.lock();
-            desired(&links, &shared.services.state())
-        };
-        if let Some(want) = want {
-            apply(&shared, &want, &mut written).await;
-        }
+        pass(&shared, &federation, &mut written).await;
         tokio::select! {
             _ = federation.changed.notified() => {}
             r = local.changed() => if r.is_err() { return },
@@ -189,6 +223,19 @@ pub async fn run(
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Writes the federated services once, as every contribution so far says (`--once`).
+pub async fn once(shared: &Shared, federation: &Federation) {
+    pass(shared, federation, &mut BTreeMap::new()).await;
+}
+
+async fn pass(shared: &Shared, federation: &Federation, written: &mut BTreeMap<ObjKey, Service>) {
+    let want = {
+        let links = federation.links.lock();
+        desired(&links, &shared.services.state())
+    };
+    apply(shared, &want, written).await;
 }
 
 async fn apply(
@@ -227,6 +274,13 @@ async fn apply(
         if same_live || written.get(key) == Some(svc) && live.is_some() {
             continue;
         }
+        if let Some(dry) = &shared.dry_run {
+            dry.lock()
+                .apply
+                .push(serde_json::to_value(svc).unwrap_or_default());
+            written.insert(key.clone(), svc.clone());
+            continue;
+        }
         let api: Api<Service> = Api::namespaced(shared.client.clone(), &key.0);
         let _permit = shared.writes.acquire().await;
         match api.patch(&key.1, &params, &Patch::Apply(svc)).await {
@@ -243,6 +297,12 @@ async fn apply(
     for live in shared.services.state() {
         let key = (live.namespace().unwrap_or_default(), live.name_any());
         if owned(&live) && !want.contains_key(&key) {
+            if let Some(dry) = &shared.dry_run {
+                dry.lock()
+                    .delete
+                    .push(format!("Service {}/{}", key.0, key.1));
+                continue;
+            }
             let api: Api<Service> = Api::namespaced(shared.client.clone(), &key.0);
             let _permit = shared.writes.acquire().await;
             match api.delete(&key.1, &DeleteParams::default()).await {
@@ -321,7 +381,7 @@ mod tests {
             ("west".to_string(), contribution("west", &["web"])),
             ("north".to_string(), contribution("north", &["web"])),
         ]);
-        let want = desired(&links, &[mk_member("web")]).unwrap();
+        let want = desired(&links, &[mk_member("web")]);
         let svc = &want[&("shop".to_string(), "web-federated".to_string())];
         let a = svc.metadata.annotations.as_ref().unwrap();
         assert_eq!(a[labels::MC_REMOTE_DISCOVERY], "web@north,web@west");
@@ -332,9 +392,32 @@ mod tests {
         );
     }
 
+    /// A federated service as written before, listing `entries`.
+    fn mk_live(name: &str, entries: &str) -> Arc<Service> {
+        let mut svc = (*mk_member(name)).clone();
+        svc.metadata.labels = Some(BTreeMap::from([(
+            labels::MESHLINK_FEDERATED.into(),
+            "true".into(),
+        )]));
+        svc.metadata.annotations = Some(BTreeMap::from([(
+            labels::MC_REMOTE_DISCOVERY.into(),
+            entries.into(),
+        )]));
+        Arc::new(svc)
+    }
+
+    fn remote_discovery(want: &BTreeMap<ObjKey, Service>, name: &str) -> Option<String> {
+        want.get(&("shop".to_string(), name.to_string()))?
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(labels::MC_REMOTE_DISCOVERY)
+            .cloned()
+    }
+
     #[test]
-    fn a_link_not_synced_yet_holds_the_federation_back() {
-        let mut links = BTreeMap::from([("west".to_string(), contribution("west", &["web"]))]);
+    fn a_link_not_synced_keeps_its_entries_and_holds_no_one_back() {
+        let mut links = BTreeMap::from([("west".to_string(), contribution("west", &["api"]))]);
         links.insert(
             "north".into(),
             Contribution {
@@ -342,6 +425,41 @@ mod tests {
                 members: None,
             },
         );
-        assert!(desired(&links, &[]).is_none());
+        let live = [
+            mk_live("web-federated", "web@north,web@west"),
+            mk_live("db-federated", "db@north"),
+        ];
+        let want = desired(&links, &live);
+        // West synced: its new member is written although north never listed.
+        assert_eq!(
+            remote_discovery(&want, "api-federated").unwrap(),
+            "api@west"
+        );
+        // North's entries stay as they were; west's stale one goes.
+        assert_eq!(
+            remote_discovery(&want, "web-federated").unwrap(),
+            "web@north"
+        );
+        assert_eq!(remote_discovery(&want, "db-federated").unwrap(), "db@north");
+        let ports = want[&("shop".to_string(), "db-federated".to_string())]
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap();
+        assert_eq!(ports[0].port, 80);
+    }
+
+    #[test]
+    fn once_every_link_synced_a_member_that_left_is_dropped() {
+        let links = BTreeMap::from([
+            ("west".to_string(), contribution("west", &["web"])),
+            ("north".to_string(), contribution("north", &[])),
+        ]);
+        let live = [mk_live("web-federated", "web@north,web@west")];
+        let want = desired(&links, &live);
+        assert_eq!(
+            remote_discovery(&want, "web-federated").unwrap(),
+            "web@west"
+        );
     }
 }

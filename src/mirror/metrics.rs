@@ -36,6 +36,30 @@ pub struct WriteLabels {
     pub verb: &'static str,
 }
 
+/// Every reason label of the error counter (so that a Link's series can be removed).
+pub const ERROR_REASONS: &[&str] = &[
+    "invalid_link",
+    "credentials",
+    "invalid_probe_spec",
+    "gateway_dns",
+    "apply_failed",
+    "namespace_missing",
+    "status_write",
+    "cleanup",
+];
+
+/// Every verb label of the writes counter.
+pub const WRITE_VERBS: &[&str] = &["apply", "delete", "status"];
+
+/// The kind labels of the mirrored-services gauge.
+const KINDS: &[&str] = &[
+    "gateway",
+    "remote_discovery",
+    "federated",
+    "headless_endpoints",
+    "trouble",
+];
+
 /// The reconcilers' metric families.
 #[derive(Debug, Default)]
 pub struct MirrorMetrics {
@@ -83,8 +107,9 @@ impl MirrorMetrics {
         set("trouble", u32::try_from(troubles).unwrap_or(u32::MAX));
     }
 
-    /// Counts an error.
+    /// Counts an error; `reason` is one of [`ERROR_REASONS`].
     pub fn error(&self, link: &str, reason: &'static str) {
+        debug_assert!(ERROR_REASONS.contains(&reason), "unlisted reason {reason}");
         self.errors
             .get_or_create(&ErrorLabels {
                 link: link.into(),
@@ -93,8 +118,9 @@ impl MirrorMetrics {
             .inc();
     }
 
-    /// Counts a write.
+    /// Counts a write; `verb` is one of [`WRITE_VERBS`].
     pub fn write(&self, link: &str, verb: &'static str) {
+        debug_assert!(WRITE_VERBS.contains(&verb), "unlisted verb {verb}");
         self.writes
             .get_or_create(&WriteLabels {
                 link: link.into(),
@@ -103,18 +129,24 @@ impl MirrorMetrics {
             .inc();
     }
 
-    /// Forgets a Link that is gone.
+    /// Forgets a Link that is gone: every series it had, so they do not pile up.
     pub fn forget(&self, link: &str) {
-        for kind in [
-            "gateway",
-            "remote_discovery",
-            "federated",
-            "headless_endpoints",
-            "trouble",
-        ] {
+        for &kind in KINDS {
             self.services.remove(&KindLabels {
                 link: link.into(),
                 kind,
+            });
+        }
+        for &reason in ERROR_REASONS {
+            self.errors.remove(&ErrorLabels {
+                link: link.into(),
+                reason,
+            });
+        }
+        for &verb in WRITE_VERBS {
+            self.writes.remove(&WriteLabels {
+                link: link.into(),
+                verb,
             });
         }
     }
@@ -127,4 +159,27 @@ pub fn encode_registry(registry: &Registry) -> String {
         out.clear();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_that_goes_leaves_no_series() {
+        let mut registry = Registry::default();
+        let m = MirrorMetrics::register(&mut registry);
+        m.set_counts("west", &MirroredServices::default(), 0);
+        m.set_counts("north", &MirroredServices::default(), 0);
+        for &reason in ERROR_REASONS {
+            m.error("west", reason);
+        }
+        for &verb in WRITE_VERBS {
+            m.write("west", verb);
+        }
+        m.forget("west");
+        let text = encode_registry(&registry);
+        assert!(!text.contains("link=\"west\""), "{text}");
+        assert!(text.contains("link=\"north\""), "{text}");
+    }
 }

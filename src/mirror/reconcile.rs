@@ -151,6 +151,8 @@ struct LinkReconciler {
     health: watch::Receiver<Health>,
     gateway_alive: watch::Receiver<bool>,
     gateway_ips: Vec<IpAddr>,
+    /// What each gateway DNS name last resolved to.
+    resolved: HashMap<String, Vec<IpAddr>>,
     probe_error: Option<String>,
     /// What we wrote recently: key -> (hash, when); deletions have an empty hash.
     recent: HashMap<(bool, ObjKey), (String, Instant)>,
@@ -186,10 +188,21 @@ pub async fn run_link(
             shared.metrics.error(&link_name, "invalid_link");
             let st = status::invalid(&link, "InvalidLink", &e.to_string());
             write_status(&shared, &link, &mut last_status, st).await;
-            let _ = shutdown.wait_for(|s| *s).await;
+            if !once {
+                let _ = shutdown.wait_for(|s| *s).await;
+            }
             return;
         }
     };
+    // Known to the federation before its first sync: its cluster's entries are kept
+    // until then (also while its credentials fail), and it holds no other Link back.
+    shared.federation.publish(
+        &link_name,
+        super::federated::Contribution {
+            cfg: cfg.clone(),
+            members: None,
+        },
+    );
     // Credentials: retried until they work (the Secret may come later or be fixed).
     let remote = loop {
         match client_from_secret(
@@ -218,13 +231,6 @@ pub async fn run_link(
         }
     };
 
-    shared.federation.publish(
-        &link_name,
-        super::federated::Contribution {
-            cfg: cfg.clone(),
-            members: None,
-        },
-    );
     let (health_tx, health) = watch::channel(Health::default());
     let health_tx = Arc::new(health_tx);
     let remote_changed = Arc::new(Notify::new());
@@ -280,6 +286,7 @@ pub async fn run_link(
         health,
         gateway_alive,
         gateway_ips: Vec::new(),
+        resolved: HashMap::new(),
         probe_error,
         recent: HashMap::new(),
         conflicts_reported: BTreeSet::new(),
@@ -400,17 +407,33 @@ impl LinkReconciler {
         }
     }
 
-    /// Resolves gateway addresses given as DNS names (again at each resync).
+    /// Resolves gateway addresses given as DNS names (again at each resync). A name whose
+    /// lookup fails keeps the addresses it last resolved to: a DNS hiccup is no outage.
     async fn resolve_gateway(&mut self) {
         let mut ips = Vec::new();
         for addr in &self.cfg.gateway_addresses {
             match addr.parse::<IpAddr>() {
                 Ok(ip) => ips.push(ip),
                 Err(_) => match lookup(addr).await {
-                    Ok(found) => ips.extend(found),
-                    Err(e) => {
-                        tracing::warn!(link = %self.cfg.name, address = %addr, error = %e, "cannot resolve gateway address");
+                    Ok(found) if !found.is_empty() => {
+                        ips.extend(&found);
+                        self.resolved.insert(addr.clone(), found);
+                    }
+                    found => {
+                        let error = match found {
+                            Ok(_) => "no addresses".to_string(),
+                            Err(e) => e.to_string(),
+                        };
                         self.shared.metrics.error(&self.cfg.name, "gateway_dns");
+                        match self.resolved.get(addr) {
+                            Some(last) => {
+                                tracing::warn!(link = %self.cfg.name, address = %addr, %error, kept = ?last, "cannot resolve gateway address; keeping the addresses it last resolved to");
+                                ips.extend(last);
+                            }
+                            None => {
+                                tracing::warn!(link = %self.cfg.name, address = %addr, %error, "cannot resolve gateway address; it has no address yet");
+                            }
+                        }
                     }
                 },
             }

@@ -104,6 +104,8 @@ pub async fn once(args: &MirrorArgs) -> Result<String> {
             .instrument(tracing::info_span!("link", link = %name))
     });
     futures::future::join_all(passes).await;
+    // Every Link has contributed its members (or is kept as it was): federated services last.
+    federated::once(&shared, &shared.federation).await;
     let Some(dry) = dry else {
         return Ok(String::new());
     };
