@@ -10,6 +10,7 @@ mod endpoints;
 mod intern;
 mod links;
 mod pod;
+mod profiles;
 mod service;
 mod slice;
 
@@ -31,7 +32,8 @@ use tokio::sync::watch;
 use crate::{
     k8s::{EndpointSlice, Node, Pod, Secret, Service, labels},
     model::{
-        Endpoint, PortSet, PortSnapshot, ServiceInfo, ServiceRef, SnapshotVersion, diff_endpoints,
+        Endpoint, PortSet, PortSnapshot, Profile, ServiceInfo, ServiceRef, SnapshotVersion,
+        diff_endpoints,
     },
 };
 use service::ServiceState;
@@ -81,6 +83,7 @@ pub struct IndexCounts {
     pub nodes: usize,
     pub endpoints_published: usize,
     pub lookups: usize,
+    pub service_profiles: usize,
 }
 
 /// One cluster's index.
@@ -102,6 +105,7 @@ pub struct ClusterIndex {
     lookups: HashMap<ServiceRef, HashMap<u16, watch::Sender<Arc<PortSnapshot>>>>,
     service_watches: HashMap<ServiceRef, watch::Sender<Option<Arc<ServiceInfo>>>>,
     addr_watches: HashMap<IpAddr, HashMap<u16, watch::Sender<AddrTarget>>>,
+    profiles: profiles::ProfileState,
     /// While a relist is applied: what to republish once it is whole.
     deferred: Option<Deferred>,
 }
@@ -136,6 +140,7 @@ impl ClusterIndex {
             lookups: HashMap::new(),
             service_watches: HashMap::new(),
             addr_watches: HashMap::new(),
+            profiles: profiles::ProfileState::default(),
             deferred: None,
         }
     }
@@ -164,6 +169,7 @@ impl ClusterIndex {
                 .map(|tx| tx.borrow().endpoints.len())
                 .sum(),
             lookups: self.lookups.values().map(HashMap::len).sum(),
+            service_profiles: self.profiles.len(),
         }
     }
 
@@ -230,6 +236,16 @@ impl ClusterIndex {
             ports.retain(|_, tx| !tx.is_closed());
         }
         self.addr_watches.retain(|_, ports| !ports.is_empty());
+        self.profiles.gc();
+    }
+
+    /// The ServiceProfile `namespace/name` (a service's FQDN), kept current.
+    pub fn profile_rx(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> watch::Receiver<Option<Arc<Profile>>> {
+        self.profiles.rx(namespace, name)
     }
 
     /// The zone of a node, when the node is known and labelled.
@@ -556,6 +572,23 @@ impl ClusterIndex {
     /// Replaces every Secret with `secrets`.
     pub fn reset_secrets(&mut self, secrets: &[Secret]) {
         self.links.reset(secrets);
+    }
+
+    // --- ServiceProfiles (validated by the sources) ---
+
+    /// Adds or replaces a ServiceProfile.
+    pub fn apply_profile(&mut self, profile: Profile) {
+        self.profiles.apply(profile);
+    }
+
+    /// Removes a ServiceProfile.
+    pub fn delete_profile(&mut self, namespace: &str, name: &str) {
+        self.profiles.delete(namespace, name);
+    }
+
+    /// Replaces every ServiceProfile with `profiles`.
+    pub fn reset_profiles(&mut self, profiles: Vec<Profile>) {
+        self.profiles.reset(profiles);
     }
 
     // --- publishing ---
