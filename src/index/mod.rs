@@ -586,9 +586,25 @@ impl ClusterIndex {
         self.profiles.delete(namespace, name);
     }
 
-    /// Replaces every ServiceProfile with `profiles`.
-    pub fn reset_profiles(&mut self, profiles: Vec<Profile>) {
-        self.profiles.reset(profiles);
+    /// Records that a ServiceProfile's current version does not parse (`reason` is a
+    /// metric label); its last good version keeps being served.
+    pub fn reject_profile(&mut self, namespace: &str, name: &str, reason: &'static str) {
+        self.profiles.reject(namespace, name, reason);
+    }
+
+    /// ServiceProfiles rejected now: (`namespace/name`, reason).
+    pub fn rejected_profiles(&self) -> Vec<(String, &'static str)> {
+        self.profiles.rejected()
+    }
+
+    /// Replaces every ServiceProfile with `profiles`; those listed in `invalid` (with
+    /// the reason) keep their last good version.
+    pub fn reset_profiles(
+        &mut self,
+        profiles: Vec<Profile>,
+        invalid: Vec<((String, String), &'static str)>,
+    ) {
+        self.profiles.reset(profiles, invalid);
     }
 
     // --- publishing ---

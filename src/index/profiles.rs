@@ -17,6 +17,8 @@ type Key = (String, String);
 pub(super) struct ProfileState {
     profiles: HashMap<Key, Arc<Profile>>,
     watches: HashMap<Key, watch::Sender<Option<Arc<Profile>>>>,
+    /// Profiles whose current version does not parse, with the reason's metric label.
+    rejected: HashMap<Key, &'static str>,
 }
 
 impl ProfileState {
@@ -27,6 +29,7 @@ impl ProfileState {
     /// Adds or replaces a profile; open lookups see it unless it is unchanged.
     pub(super) fn apply(&mut self, profile: Profile) {
         let key = (profile.namespace.clone(), profile.name.clone());
+        self.rejected.remove(&key);
         if self.profiles.get(&key).is_some_and(|p| **p == profile) {
             return;
         }
@@ -38,16 +41,37 @@ impl ProfileState {
     /// Removes a profile.
     pub(super) fn delete(&mut self, namespace: &str, name: &str) {
         let key = (namespace.to_string(), name.to_string());
+        self.rejected.remove(&key);
         if self.profiles.remove(&key).is_some() {
             self.publish(&key, None);
         }
     }
 
-    /// Replaces every profile with `profiles`.
-    pub(super) fn reset(&mut self, profiles: Vec<Profile>) {
+    /// Records that the current version of a profile does not parse; its last good
+    /// version stays.
+    pub(super) fn reject(&mut self, namespace: &str, name: &str, reason: &'static str) {
+        self.rejected
+            .insert((namespace.to_string(), name.to_string()), reason);
+    }
+
+    /// Profiles rejected now: (`namespace/name`, reason).
+    pub(super) fn rejected(&self) -> Vec<(String, &'static str)> {
+        let mut out: Vec<_> = self
+            .rejected
+            .iter()
+            .map(|((ns, name), reason)| (format!("{ns}/{name}"), *reason))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Replaces every profile with `profiles`; those in `invalid` (listed, but not
+    /// parsing) keep their last good version.
+    pub(super) fn reset(&mut self, profiles: Vec<Profile>, invalid: Vec<(Key, &'static str)>) {
         let keep: HashSet<Key> = profiles
             .iter()
             .map(|p| (p.namespace.clone(), p.name.clone()))
+            .chain(invalid.iter().map(|(k, _)| k.clone()))
             .collect();
         let gone: Vec<Key> = self
             .profiles
@@ -61,6 +85,7 @@ impl ProfileState {
         for p in profiles {
             self.apply(p);
         }
+        self.rejected = invalid.into_iter().collect();
     }
 
     /// The profile `namespace/name`, kept current (`None` while there is none).
@@ -155,11 +180,27 @@ mod tests {
         state.apply(mk_profile("shop", WEB, 1));
         state.apply(mk_profile("shop", "db.shop.svc.cluster.local", 1));
         let rx = state.rx("shop", "db.shop.svc.cluster.local");
-        state.reset(vec![mk_profile("shop", WEB, 4)]);
+        state.reset(vec![mk_profile("shop", WEB, 4)], Vec::new());
         assert!(rx.borrow().is_none());
         assert_eq!(state.len(), 1);
         drop(rx);
         state.gc();
         assert!(state.watches.is_empty());
+    }
+
+    #[test]
+    fn a_rejected_profile_keeps_its_last_good_version_through_a_relist() {
+        let mut state = ProfileState::default();
+        state.apply(mk_profile("shop", WEB, 2));
+        let rx = state.rx("shop", WEB);
+        state.reject("shop", WEB, "bad_regex");
+        let key = ("shop".to_string(), WEB.to_string());
+        state.reset(Vec::new(), vec![(key, "bad_regex")]);
+        assert_eq!(rx.borrow().as_ref().map(|p| p.routes.len()), Some(2));
+        assert_eq!(state.rejected(), [(format!("shop/{WEB}"), "bad_regex")]);
+        // A good version clears the rejection.
+        state.apply(mk_profile("shop", WEB, 1));
+        assert!(state.rejected().is_empty());
+        assert_eq!(rx.borrow().as_ref().map(|p| p.routes.len()), Some(1));
     }
 }
