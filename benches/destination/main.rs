@@ -14,6 +14,7 @@
 //! ```
 
 mod client;
+mod failover;
 mod kube_mode;
 mod proc;
 mod world;
@@ -499,7 +500,7 @@ fn parse_options() -> Result<Options> {
             "--help" | "-h" => {
                 println!(
                     "usage: destination [--quick] [--scenario NAME] [--runs N] [--json PATH]\n\
-                     scenarios: cold-start idle idle-multicluster fanout-1k fanout-25k rollout churn slow-readers\n\
+                     scenarios: cold-start idle idle-multicluster fanout-1k fanout-25k rollout churn slow-readers failover\n\
                      with --kubeconfig PATH --target HOST:PORT: changes go through that API server,\n\
                      streams are held on the target destination server"
                 );
@@ -688,6 +689,13 @@ async fn run(opts: Options) -> Result<()> {
             json!({"without_stalled": base, "with_1pct_stalled": slow, "send_timeout_s": 2}),
         );
     }
+    if wanted("failover") {
+        let (streams, connections, flips) = if q { (200, 2, 5) } else { (1000, 10, 20) };
+        out.insert(
+            "failover".into(),
+            failover::scenario(streams, connections, flips).await?,
+        );
+    }
     let report = json!({
         "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "quick": q},
         "scenarios": Value::Object(out),
@@ -778,6 +786,9 @@ fn print_table(report: &Value) {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--failover-child") {
+        return failover::run_child();
+    }
     if args.get(1).map(String::as_str) == Some("--child") {
         let spec = WorldSpec::from_args(&args[2..]).context("bad --child arguments")?;
         return world::run_child(spec);
