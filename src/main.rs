@@ -27,7 +27,11 @@ async fn main() -> anyhow::Result<()> {
             false => std::process::exit(1),
         },
         Command::Crds => {
-            print!("{}", meshlink::k8s::link::crd_yaml());
+            print!(
+                "{}---\n{}",
+                meshlink::k8s::link::crd_yaml(),
+                meshlink::k8s::profile::crd_yaml()
+            );
             Ok(())
         }
     }

@@ -74,6 +74,15 @@ pub struct SecretLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a rejected ServiceProfile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProfileLabels {
+    /// `namespace/name` of the ServiceProfile.
+    pub profile: String,
+    /// Why it was rejected, one of a fixed set (see `ProfileError::metric_label`).
+    pub reason: &'static str,
+}
+
 /// Labels of per-listener metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -236,6 +245,7 @@ impl Collector for ClusterCollector {
                 ("pod", counts.pods),
                 ("node", counts.nodes),
                 ("lookup", counts.lookups),
+                ("serviceprofile", counts.service_profiles),
             ] {
                 let labels = ObjectLabels {
                     cluster: cluster.name.to_string(),
@@ -283,6 +293,18 @@ impl Collector for ClusterCollector {
                 secret: secret.secret.clone(),
                 reason: secret.metric_label(),
             };
+            gauge(1).encode(family.encode_family(&labels)?)?;
+        }
+
+        let rejected = local.index.lock().rejected_profiles();
+        let mut family = encoder.encode_descriptor(
+            "service_profile_rejected",
+            "ServiceProfiles whose current version does not parse (the last good one is served), with the reason",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (profile, reason) in rejected {
+            let labels = ProfileLabels { profile, reason };
             gauge(1).encode(family.encode_family(&labels)?)?;
         }
         Ok(())

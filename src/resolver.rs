@@ -15,6 +15,8 @@ use std::{
 
 use tokio::sync::watch;
 
+mod profile;
+
 pub use crate::index::{AddrTarget, PodInfo};
 use crate::{
     index::{ClusterHandle, ClusterIndex, ClusterSet},
@@ -23,6 +25,7 @@ use crate::{
         ServiceAuthority, ServiceInfo, ServiceKind, ServiceRef,
     },
 };
+pub use profile::ProfileStream;
 
 /// Why an authority cannot be resolved; the gRPC layer maps it to a status.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -32,7 +32,10 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use meshlink::{
-    k8s::link::{Link, LinkTarget},
+    k8s::{
+        link::{Link, LinkTarget},
+        profile::ServiceProfile,
+    },
     runtime::{self, cli::LinkArgs, cli::ServeArgs},
 };
 use serde_json::json;
@@ -93,6 +96,7 @@ fn cases() -> Vec<Case> {
         case!(a_rotated_token_keeps_west_flowing_without_a_gap),
         case!(deleting_the_credentials_secret_unlinks_west_and_recreating_it_links_again),
         case!(rbac_of_deploy_is_enough_and_refuses_the_rest),
+        case!(a_failover_profile_follows_ready_endpoints_in_both_clusters),
         case!(a_broken_watch_resumes_without_a_new_list),
         case!(certify_reviews_the_token_with_the_api_server),
         case!(
@@ -214,6 +218,8 @@ async fn setup(env: Env) -> World {
     )
     .await;
 
+    install_service_profile_crd(&local).await;
+
     // meshlink runs as the ServiceAccount of deploy/, with nothing but its RBAC.
     let meshlink_token = service_account_token(&local, "linkerd", "meshlink").await;
     let kubeconfig = env.token_kubeconfig("local", &meshlink_token, "meshlink.kubeconfig");
@@ -258,6 +264,26 @@ subjects: [{kind: ServiceAccount, name: relister, namespace: linkerd}]
     }
 }
 
+/// Installs meshlink's ServiceProfile CRD unless one (Linkerd's) is there already.
+async fn install_service_profile_crd(local: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds = Api::<CustomResourceDefinition>::all(local.clone());
+    let present = crds
+        .get_opt("serviceprofiles.linkerd.io")
+        .await
+        .expect("read CRDs");
+    if present.is_none() {
+        apply_yaml(local, &meshlink::k8s::profile::crd_yaml()).await;
+    }
+    eventually("ServiceProfiles are served", || async {
+        Api::<ServiceProfile>::all(local.clone())
+            .list(&ListParams::default())
+            .await
+            .is_ok()
+    })
+    .await;
+}
+
 async fn start_meshlink(kubeconfig: &std::path::Path) -> TestServer {
     let kubeconfig = kubeconfig.to_str().expect("utf-8 path");
     let args = ServeArgs::try_parse_from([
@@ -298,6 +324,7 @@ async fn relister_role(local: &Client, pods: bool) {
             "rules": [
                 {"apiGroups": [""], "resources": core, "verbs": ["list", "watch"]},
                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+                {"apiGroups": ["linkerd.io"], "resources": ["serviceprofiles"], "verbs": ["list", "watch"]},
             ]}))
         .expect("ClusterRole"),
     )
@@ -735,6 +762,10 @@ async fn rbac_of_deploy_is_enough_and_refuses_the_rest(world: Arc<World>) {
         .expect("EndpointSlices");
     Api::<Pod>::all(c.clone()).list(&lp).await.expect("Pods");
     Api::<Node>::all(c.clone()).list(&lp).await.expect("Nodes");
+    Api::<ServiceProfile>::all(c.clone())
+        .list(&lp)
+        .await
+        .expect("ServiceProfiles");
     assert_forbidden(Api::<Secret>::namespaced(c.clone(), "shop").list(&lp).await);
     assert_forbidden(Api::<Secret>::all(c.clone()).list(&lp).await);
     assert_forbidden(
@@ -776,6 +807,86 @@ async fn rbac_of_deploy_is_enough_and_refuses_the_rest(world: Arc<World>) {
             .list(&lp)
             .await,
     );
+}
+
+/// A GetProfile stream and the split of its latest message.
+struct ProfileSplit {
+    stream: tonic::Streaming<linkerd2_proxy_api::destination::DestinationProfile>,
+    /// `None` before the first message.
+    split: Option<Vec<(String, u32)>>,
+}
+
+impl ProfileSplit {
+    /// Waits until the latest split is `want` ((authority, weight) pairs).
+    async fn converge(&mut self, want: &[(&str, u32)]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(split) = &self.split
+                && split
+                    .iter()
+                    .map(|(a, w)| (a.as_str(), *w))
+                    .eq(want.iter().copied())
+            {
+                return;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.stream.message()).await {
+                Ok(Ok(Some(p))) => {
+                    self.split = Some(
+                        p.dst_overrides
+                            .iter()
+                            .map(|d| (d.authority.clone(), d.weight))
+                            .collect(),
+                    );
+                }
+                Ok(other) => panic!("profile stream ended: {other:?}"),
+                Err(_) => panic!("split is {:?}, not {want:?}", self.split),
+            }
+        }
+    }
+}
+
+async fn a_failover_profile_follows_ready_endpoints_in_both_clusters(world: Arc<World>) {
+    let _streams = linked_west(&world).await;
+    let profile = "apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata:
+  name: web.shop.svc.cluster.local
+  namespace: shop
+  annotations: {failover.linkerd.io/primary-service: web}
+spec:
+  routes:
+  - {name: all, condition: {pathRegex: '/.*'}}
+  dstOverrides:
+  - {authority: web.shop.svc.cluster.local:8080, weight: 1}
+  - {authority: web-west.shop.svc.cluster.local:8080, weight: 1}
+";
+    apply_yaml(&world.local, profile).await;
+    let mut s = ProfileSplit {
+        stream: world.server.get_profile(&web("shop")).await,
+        split: None,
+    };
+    let (local, west) = (web("shop"), WEB_WEST);
+    s.converge(&[(&local, 10_000), (west, 0)]).await;
+
+    // The primary's endpoints go: west's mirror takes the traffic.
+    slice(&world.local, "shop", "web", &[]).await;
+    s.converge(&[(&local, 0), (west, 10_000)]).await;
+    // West's go too: nothing is ready, the primary keeps the weight.
+    slice(&world.west, "shop", "web", &[]).await;
+    s.converge(&[(&local, 10_000), (west, 0)]).await;
+    // West is back, then the primary.
+    slice(&world.west, "shop", "web", &WEST_PODS).await;
+    s.converge(&[(&local, 0), (west, 10_000)]).await;
+    slice(&world.local, "shop", "web", &LOCAL_SHOP_PODS).await;
+    s.converge(&[(&local, 10_000), (west, 0)]).await;
+
+    // Deleting the profile leaves the default one: no split.
+    Api::<ServiceProfile>::namespaced(world.local.clone(), "shop")
+        .delete("web.shop.svc.cluster.local", &DeleteParams::default())
+        .await
+        .expect("delete the ServiceProfile");
+    s.converge(&[]).await;
 }
 
 // --- cases: watches that break ---

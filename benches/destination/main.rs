@@ -17,6 +17,7 @@
 
 mod client;
 mod compare;
+mod failover;
 mod kube_mode;
 mod kube_world;
 mod proc;
@@ -478,7 +479,7 @@ struct Options {
 const USAGE: &str = "\
 usage: destination [--quick] [--scenario NAME[,NAME..]] [--runs N] [--json PATH] [--label NAME]
                    [--size S,E,N,M] [--seconds N]
-  scenarios: cold-start idle idle-multicluster fanout-1k fanout-25k rollout churn slow-readers
+  scenarios: cold-start idle idle-multicluster fanout-1k fanout-25k rollout churn slow-readers failover
 Kubernetes mode, changes through a real API server to any destination server:
   --kubeconfig PATH --target HOST:PORT   the API server, and the server holding the streams
   --target-pid PID                       read that process's RSS and CPU time (and cold start)
@@ -754,6 +755,13 @@ async fn run(opts: Options) -> Result<()> {
             json!({"without_stalled": base, "with_1pct_stalled": slow, "send_timeout_s": 2}),
         );
     }
+    if wanted("failover") {
+        let (streams, connections, flips) = if q { (200, 2, 5) } else { (1000, 10, 20) };
+        out.insert(
+            "failover".into(),
+            failover::scenario(streams, connections, flips).await?,
+        );
+    }
     let report = json!({"machine": machine(&opts), "scenarios": Value::Object(out)});
     emit(&report, opts.json)
 }
@@ -837,6 +845,9 @@ fn print_table(report: &Value) {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--failover-child") {
+        return failover::run_child();
+    }
     if args.get(1).map(String::as_str) == Some("--child") {
         let spec = WorldSpec::from_args(&args[2..]).context("bad --child arguments")?;
         return world::run_child(spec);

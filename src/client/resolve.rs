@@ -250,6 +250,46 @@ impl View {
 }
 
 fn print_profile(args: &ResolveArgs, n: usize, p: &pb::DestinationProfile) -> Result<()> {
+    let value = profile_json(n, p);
+    match args.output {
+        OutputFormat::Json => println!("{value}"),
+        OutputFormat::Table => print_profile_table(&args.authority, n, p)?,
+    }
+    Ok(())
+}
+
+fn resource_ref(m: Option<&crate::proto::meta::Metadata>) -> Option<String> {
+    match &m?.kind {
+        Some(crate::proto::meta::metadata::Kind::Resource(r)) if r.port != 0 => Some(format!(
+            "{}/{} {}/{}:{}",
+            r.group, r.kind, r.namespace, r.name, r.port
+        )),
+        Some(crate::proto::meta::metadata::Kind::Resource(r)) => {
+            Some(format!("{}/{} {}/{}", r.group, r.kind, r.namespace, r.name))
+        }
+        Some(crate::proto::meta::metadata::Kind::Default(d)) => Some(d.clone()),
+        None => None,
+    }
+}
+
+/// A duration as seconds, e.g. `0.25s`.
+fn seconds(d: Option<&prost_types::Duration>) -> Option<String> {
+    d.map(|d| format!("{}s", d.seconds as f64 + f64::from(d.nanos) / 1e9))
+}
+
+/// Each destination's share of the total weight, in percent.
+fn shares(p: &pb::DestinationProfile) -> Vec<f64> {
+    let total: u64 = p.dst_overrides.iter().map(|d| u64::from(d.weight)).sum();
+    p.dst_overrides
+        .iter()
+        .map(|d| match total {
+            0 => 0.0,
+            t => 100.0 * f64::from(d.weight) / t as f64,
+        })
+        .collect()
+}
+
+fn profile_json(n: usize, p: &pb::DestinationProfile) -> serde_json::Value {
     let endpoint = p.endpoint.as_ref().map(|a| {
         json!({
             "address": a.addr.as_ref().and_then(to_socket_addr).map(|s| s.to_string()),
@@ -265,24 +305,195 @@ fn print_profile(args: &ResolveArgs, n: usize, p: &pb::DestinationProfile) -> Re
             "ttlSeconds": b.ttl.as_ref().map(|t| t.seconds),
         })
     });
-    let value = json!({
+    let routes: Vec<serde_json::Value> = p
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.metrics_labels.get("route"),
+                "condition": r.condition.as_ref().map(request_text),
+                "isRetryable": r.is_retryable,
+                "timeout": seconds(r.timeout.as_ref()),
+                "responseClasses": r.response_classes.iter().map(|c| json!({
+                    "condition": c.condition.as_ref().map(response_text),
+                    "isFailure": c.is_failure,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let split: Vec<serde_json::Value> = p
+        .dst_overrides
+        .iter()
+        .zip(shares(p))
+        .map(|(d, share)| json!({"authority": d.authority, "weight": d.weight, "sharePercent": share}))
+        .collect();
+    json!({
         "update": n,
         "fullyQualifiedName": p.fully_qualified_name,
         "opaqueProtocol": p.opaque_protocol,
         "retryBudget": budget,
         "endpoint": endpoint,
-        "parentRef": p.parent_ref.as_ref().and_then(|m| match &m.kind {
-            Some(crate::proto::meta::metadata::Kind::Resource(r)) =>
-                Some(format!("{}/{} {}/{}:{}", r.group, r.kind, r.namespace, r.name, r.port)),
-            Some(crate::proto::meta::metadata::Kind::Default(d)) => Some(d.clone()),
-            None => None,
-        }),
-    });
-    match args.output {
-        OutputFormat::Json => println!("{value}"),
-        OutputFormat::Table => println!("{}", serde_json::to_string_pretty(&value)?),
+        "parentRef": resource_ref(p.parent_ref.as_ref()),
+        "profileRef": resource_ref(p.profile_ref.as_ref()),
+        "routes": routes,
+        "dstOverrides": split,
+    })
+}
+
+fn print_profile_table(authority: &str, n: usize, p: &pb::DestinationProfile) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if out.is_terminal() {
+        write!(out, "\x1b[2J\x1b[H")?;
+    }
+    writeln!(out, "{authority}: profile (update {n})")?;
+    let line = |k: &str, v: String| format!("  {k:<14}{v}");
+    let mut head = vec![
+        line("name", or_dash(&p.fully_qualified_name)),
+        line("opaque", p.opaque_protocol.to_string()),
+        line(
+            "parent",
+            resource_ref(p.parent_ref.as_ref()).unwrap_or_else(|| "-".into()),
+        ),
+        line(
+            "profile",
+            resource_ref(p.profile_ref.as_ref()).unwrap_or_else(|| "-".into()),
+        ),
+    ];
+    if let Some(b) = &p.retry_budget {
+        head.push(line(
+            "retry budget",
+            format!(
+                "{}% / {} per s / {}",
+                b.retry_ratio * 100.0,
+                b.min_retries_per_second,
+                seconds(b.ttl.as_ref()).unwrap_or_else(|| "-".into())
+            ),
+        ));
+    }
+    if let Some(e) = &p.endpoint {
+        let addr = e.addr.as_ref().and_then(to_socket_addr);
+        head.push(line(
+            "endpoint",
+            format!(
+                "{} {}",
+                addr.map_or("-".into(), |a| a.to_string()),
+                identity(e).unwrap_or_default()
+            ),
+        ));
+    }
+    for l in head {
+        writeln!(out, "{l}")?;
+    }
+    if !p.routes.is_empty() {
+        writeln!(out)?;
+        let mut rows = vec![[
+            "ROUTE".to_string(),
+            "CONDITION".into(),
+            "RETRY".into(),
+            "TIMEOUT".into(),
+            "FAILURES".into(),
+        ]];
+        for r in &p.routes {
+            let failures: Vec<String> = r
+                .response_classes
+                .iter()
+                .filter(|c| c.is_failure)
+                .filter_map(|c| c.condition.as_ref().map(response_text))
+                .collect();
+            rows.push([
+                r.metrics_labels.get("route").cloned().unwrap_or_default(),
+                r.condition.as_ref().map_or("-".into(), request_text),
+                if r.is_retryable { "yes" } else { "no" }.into(),
+                seconds(r.timeout.as_ref()).unwrap_or_else(|| "-".into()),
+                or_dash(&failures.join(" | ")),
+            ]);
+        }
+        write_rows(&mut out, &rows)?;
+    }
+    if !p.dst_overrides.is_empty() {
+        writeln!(out)?;
+        let mut rows = vec![["SPLIT".to_string(), "WEIGHT".into(), "SHARE".into()]];
+        for (d, share) in p.dst_overrides.iter().zip(shares(p)) {
+            rows.push([
+                d.authority.clone(),
+                d.weight.to_string(),
+                format!("{share:.0}%"),
+            ]);
+        }
+        write_rows(&mut out, &rows)?;
+    }
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.into() }
+}
+
+fn write_rows<const N: usize>(out: &mut impl Write, rows: &[[String; N]]) -> Result<()> {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
     }
     Ok(())
+}
+
+/// A request condition as text, e.g. `GET && path ~ /books`.
+fn request_text(m: &pb::RequestMatch) -> String {
+    use pb::request_match::Match;
+    let join = |ms: &[pb::RequestMatch], op: &str| {
+        let parts: Vec<String> = ms.iter().map(request_text).collect();
+        format!("({})", parts.join(op))
+    };
+    match &m.r#match {
+        Some(Match::All(seq)) => join(&seq.matches, " && "),
+        Some(Match::Any(seq)) => join(&seq.matches, " || "),
+        Some(Match::Not(inner)) => format!("!{}", request_text(inner)),
+        Some(Match::Path(p)) => format!("path ~ {}", p.regex),
+        Some(Match::Method(method)) => match &method.r#type {
+            Some(crate::proto::io::linkerd::proxy::http_types::http_method::Type::Registered(
+                r,
+            )) => {
+                crate::proto::io::linkerd::proxy::http_types::http_method::Registered::try_from(*r)
+                    .map_or_else(|_| format!("method {r}"), |r| r.as_str_name().to_string())
+            }
+            Some(
+                crate::proto::io::linkerd::proxy::http_types::http_method::Type::Unregistered(s),
+            ) => s.clone(),
+            None => "?".into(),
+        },
+        None => "?".into(),
+    }
+}
+
+/// A response condition as text, e.g. `status 500-599`.
+fn response_text(m: &pb::ResponseMatch) -> String {
+    use pb::response_match::Match;
+    let join = |ms: &[pb::ResponseMatch], op: &str| {
+        let parts: Vec<String> = ms.iter().map(response_text).collect();
+        format!("({})", parts.join(op))
+    };
+    match &m.r#match {
+        Some(Match::All(seq)) => join(&seq.matches, " && "),
+        Some(Match::Any(seq)) => join(&seq.matches, " || "),
+        Some(Match::Not(inner)) => format!("!{}", response_text(inner)),
+        Some(Match::Status(r)) => match (r.min, r.max) {
+            (0, 0) => "any status".into(),
+            (min, 0) => format!("status >= {min}"),
+            (0, max) => format!("status <= {max}"),
+            (min, max) if min == max => format!("status {min}"),
+            (min, max) => format!("status {min}-{max}"),
+        },
+        None => "?".into(),
+    }
 }
 
 fn identity(a: &pb::WeightedAddr) -> Option<String> {

@@ -37,7 +37,7 @@ use crate::{
         ServiceAuthority, SnapshotVersion, diff_endpoints, quote_prefix,
     },
     proto::destination::{self as pb, update},
-    resolver::{AddrTarget, EndpointStream, ResolveError, Resolver},
+    resolver::{AddrTarget, EndpointStream, ProfileStream, ResolveError, Resolver},
 };
 
 /// How streams behave towards their clients.
@@ -212,20 +212,25 @@ impl DestinationService {
             deadline: call.deadline,
         };
         let span = debug_span!("get_profile", authority = %quote_prefix(&req.path));
+        let shutdown = self.shutdown.clone();
         match authority {
-            Authority::Service(s) => {
-                let svc_rx = self.resolver.service_info_rx(&s);
-                tokio::spawn(
-                    task.run_service(s, svc_rx, self.shutdown.clone())
-                        .instrument(span),
-                );
+            Authority::Service(authority) => {
+                let token = ContextToken::parse(&req.context_token);
+                let source = ServiceProfiles {
+                    stream: self.resolver.profile(&authority, &token),
+                    authority,
+                    settings: Arc::clone(&self.settings),
+                };
+                tokio::spawn(task.run(source, shutdown).instrument(span));
             }
             Authority::Ip(addr) => {
-                let addr_rx = self.resolver.addr_target_rx(addr);
-                tokio::spawn(
-                    task.run_addr(addr, addr_rx, self.shutdown.clone())
-                        .instrument(span),
-                );
+                let source = AddrProfiles {
+                    rx: self.resolver.addr_target_rx(addr),
+                    addr,
+                    settings: Arc::clone(&self.settings),
+                    started: false,
+                };
+                tokio::spawn(task.run(source, shutdown).instrument(span));
             }
         }
         Ok(body)
@@ -537,50 +542,59 @@ struct ProfileTask {
     deadline: Option<Instant>,
 }
 
-impl ProfileTask {
-    async fn run_service(
-        self,
-        authority: ServiceAuthority,
-        mut rx: watch::Receiver<Option<Arc<crate::model::ServiceInfo>>>,
-        shutdown: watch::Receiver<bool>,
-    ) {
-        let port = authority.port;
-        let domain = self.settings.cluster_domain.clone();
-        let defaults = Arc::clone(&self.settings.default_opaque_ports);
-        let build = move |rx: &mut watch::Receiver<Option<Arc<crate::model::ServiceInfo>>>| {
-            let info = rx.borrow_and_update().clone();
-            match info {
-                Some(info) => profile::for_service(&info, port, &domain, &defaults),
-                None => profile::default_profile(false),
-            }
-        };
-        self.run(&mut rx, build, shutdown).await;
-    }
+/// What a `GetProfile` stream follows: the profile now on the first call, then the next
+/// one after each change; `None` when there will be no more (shutdown).
+trait ProfileSource: Send {
+    fn next(&mut self) -> impl Future<Output = Option<pb::DestinationProfile>> + Send;
+}
 
-    async fn run_addr(
-        self,
-        addr: SocketAddr,
-        mut rx: watch::Receiver<AddrTarget>,
-        shutdown: watch::Receiver<bool>,
-    ) {
-        let domain = self.settings.cluster_domain.clone();
-        let defaults = Arc::clone(&self.settings.default_opaque_ports);
-        let build = move |rx: &mut watch::Receiver<AddrTarget>| match &*rx.borrow_and_update() {
-            AddrTarget::Service(info) => {
-                profile::for_service(info, addr.port(), &domain, &defaults)
-            }
+/// A service's profile for one caller.
+struct ServiceProfiles {
+    stream: ProfileStream,
+    authority: ServiceAuthority,
+    settings: Arc<StreamSettings>,
+}
+
+impl ProfileSource for ServiceProfiles {
+    async fn next(&mut self) -> Option<pb::DestinationProfile> {
+        let view = self.stream.next().await?;
+        Some(profile::for_service_view(
+            &view,
+            &self.authority,
+            &self.settings.cluster_domain,
+            &self.settings.default_opaque_ports,
+        ))
+    }
+}
+
+/// What an IP address and port are.
+struct AddrProfiles {
+    rx: watch::Receiver<AddrTarget>,
+    addr: SocketAddr,
+    settings: Arc<StreamSettings>,
+    started: bool,
+}
+
+impl ProfileSource for AddrProfiles {
+    async fn next(&mut self) -> Option<pb::DestinationProfile> {
+        if std::mem::replace(&mut self.started, true) {
+            self.rx.changed().await.ok()?;
+        }
+        let (domain, defaults) = (
+            &self.settings.cluster_domain,
+            &self.settings.default_opaque_ports,
+        );
+        let addr = self.addr;
+        Some(match &*self.rx.borrow_and_update() {
+            AddrTarget::Service(info) => profile::for_service(info, addr.port(), domain, defaults),
             AddrTarget::Pod(endpoint) => profile::for_endpoint(endpoint),
             AddrTarget::Unknown => profile::default_profile(defaults.contains(addr.port(), None)),
-        };
-        self.run(&mut rx, build, shutdown).await;
+        })
     }
+}
 
-    async fn run<T>(
-        self,
-        rx: &mut watch::Receiver<T>,
-        mut build: impl FnMut(&mut watch::Receiver<T>) -> pb::DestinationProfile,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+impl ProfileTask {
+    async fn run(self, mut source: impl ProfileSource, mut shutdown: watch::Receiver<bool>) {
         let _open = OpenStream::new(&self.metrics, "GetProfile");
         let sent = self
             .metrics
@@ -594,36 +608,39 @@ impl ProfileTask {
         tokio::pin!(deadline);
         let mut last: Option<pb::DestinationProfile> = None;
         loop {
-            let profile = build(rx);
-            if last.as_ref() != Some(&profile) {
-                match send(
-                    &self.tx,
-                    framing::encode(&profile),
-                    self.settings.send_timeout,
-                    &self.metrics,
-                )
-                .await
-                {
-                    Ok(()) => sent.inc(),
-                    Err(SendError::Closed) => return,
-                    // Like `Get`: a client that stopped reading is told so.
-                    Err(SendError::TimedOut) => {
-                        debug!("client stopped reading; ending the stream");
-                        self.tx.end_stalled(stalled());
-                        return;
-                    }
-                };
-                last = Some(profile);
-            }
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { return },
+            let profile = tokio::select! {
+                p = source.next() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
                 _ = self.tx.closed() => return,
                 _ = shutdown.wait_for(|s| *s) => return,
                 _ = &mut deadline => {
                     self.tx.end(deadline_passed());
                     return;
                 }
+            };
+            if last.as_ref() == Some(&profile) {
+                continue;
             }
+            match send(
+                &self.tx,
+                framing::encode(&profile),
+                self.settings.send_timeout,
+                &self.metrics,
+            )
+            .await
+            {
+                Ok(()) => sent.inc(),
+                Err(SendError::Closed) => return,
+                // Like `Get`: a client that stopped reading is told so.
+                Err(SendError::TimedOut) => {
+                    debug!("client stopped reading; ending the stream");
+                    self.tx.end_stalled(stalled());
+                    return;
+                }
+            };
+            last = Some(profile);
         }
     }
 }

@@ -10,6 +10,7 @@ mod endpoints;
 mod intern;
 mod links;
 mod pod;
+mod profiles;
 mod service;
 mod slice;
 
@@ -31,7 +32,8 @@ use tokio::sync::watch;
 use crate::{
     k8s::{EndpointSlice, Node, Pod, Secret, Service, labels},
     model::{
-        Endpoint, PortSet, PortSnapshot, ServiceInfo, ServiceRef, SnapshotVersion, diff_endpoints,
+        Endpoint, PortSet, PortSnapshot, Profile, ServiceInfo, ServiceRef, SnapshotVersion,
+        diff_endpoints,
     },
 };
 use service::ServiceState;
@@ -81,6 +83,7 @@ pub struct IndexCounts {
     pub nodes: usize,
     pub endpoints_published: usize,
     pub lookups: usize,
+    pub service_profiles: usize,
 }
 
 /// One cluster's index.
@@ -104,6 +107,7 @@ pub struct ClusterIndex {
     addr_watches: HashMap<IpAddr, HashMap<u16, watch::Sender<AddrTarget>>>,
     /// Pods looked up by name (inbound policy).
     pod_watches: HashMap<PodRef, watch::Sender<Option<Arc<PodInfo>>>>,
+    profiles: profiles::ProfileState,
     /// While a relist is applied: what to republish once it is whole.
     deferred: Option<Deferred>,
 }
@@ -139,6 +143,7 @@ impl ClusterIndex {
             service_watches: HashMap::new(),
             addr_watches: HashMap::new(),
             pod_watches: HashMap::new(),
+            profiles: profiles::ProfileState::default(),
             deferred: None,
         }
     }
@@ -167,6 +172,7 @@ impl ClusterIndex {
                 .map(|tx| tx.borrow().endpoints.len())
                 .sum(),
             lookups: self.lookups.values().map(HashMap::len).sum(),
+            service_profiles: self.profiles.len(),
         }
     }
 
@@ -245,6 +251,16 @@ impl ClusterIndex {
         }
         self.addr_watches.retain(|_, ports| !ports.is_empty());
         self.pod_watches.retain(|_, tx| !tx.is_closed());
+        self.profiles.gc();
+    }
+
+    /// The ServiceProfile `namespace/name` (a service's FQDN), kept current.
+    pub fn profile_rx(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> watch::Receiver<Option<Arc<Profile>>> {
+        self.profiles.rx(namespace, name)
     }
 
     /// The zone of a node, when the node is known and labelled.
@@ -574,6 +590,39 @@ impl ClusterIndex {
     /// Replaces every Secret with `secrets`.
     pub fn reset_secrets(&mut self, secrets: &[Secret]) {
         self.links.reset(secrets);
+    }
+
+    // --- ServiceProfiles (validated by the sources) ---
+
+    /// Adds or replaces a ServiceProfile.
+    pub fn apply_profile(&mut self, profile: Profile) {
+        self.profiles.apply(profile);
+    }
+
+    /// Removes a ServiceProfile.
+    pub fn delete_profile(&mut self, namespace: &str, name: &str) {
+        self.profiles.delete(namespace, name);
+    }
+
+    /// Records that a ServiceProfile's current version does not parse (`reason` is a
+    /// metric label); its last good version keeps being served.
+    pub fn reject_profile(&mut self, namespace: &str, name: &str, reason: &'static str) {
+        self.profiles.reject(namespace, name, reason);
+    }
+
+    /// ServiceProfiles rejected now: (`namespace/name`, reason).
+    pub fn rejected_profiles(&self) -> Vec<(String, &'static str)> {
+        self.profiles.rejected()
+    }
+
+    /// Replaces every ServiceProfile with `profiles`; those listed in `invalid` (with
+    /// the reason) keep their last good version.
+    pub fn reset_profiles(
+        &mut self,
+        profiles: Vec<Profile>,
+        invalid: Vec<((String, String), &'static str)>,
+    ) {
+        self.profiles.reset(profiles, invalid);
     }
 
     // --- publishing ---

@@ -12,6 +12,10 @@ pub const POD_ANNOTATIONS_READ: &[&str] = &[OPAQUE_PORTS, SKIP_INBOUND_PORTS];
 pub const PROXY_CONTAINER: &str = "linkerd-proxy";
 pub const PROXY_INBOUND_LISTEN_ADDR_ENV: &str = "LINKERD2_PROXY_INBOUND_LISTEN_ADDR";
 
+/// ServiceProfile annotation (linkerd-failover's key): the service of the profile's
+/// `dstOverrides` that takes all traffic while it has ready endpoints.
+pub const FAILOVER_PRIMARY_SERVICE: &str = "failover.linkerd.io/primary-service";
+
 /// Node label holding the node's zone.
 pub const TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
 /// EndpointSlice label naming the Service it belongs to.

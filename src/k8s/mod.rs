@@ -10,3 +10,4 @@ pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub mod client;
 pub mod labels;
 pub mod link;
+pub mod profile;

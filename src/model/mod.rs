@@ -8,6 +8,7 @@ pub mod context;
 pub mod endpoint;
 pub mod locality;
 pub mod ports;
+pub mod profile;
 pub mod quote;
 pub mod service;
 pub mod snapshot;
@@ -17,6 +18,7 @@ pub use context::ContextToken;
 pub use endpoint::{Endpoint, EndpointAddrs, ProtocolHint};
 pub use locality::{ClientLocality, ZoneLocality};
 pub use ports::{PortSet, PortSetError};
+pub use profile::{Profile, ServiceProfileView};
 pub use quote::quote_prefix;
 pub use service::{FederatedMember, MirrorInfo, ServiceInfo, ServiceKind, ServiceRef};
 pub use snapshot::{

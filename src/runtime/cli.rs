@@ -21,7 +21,7 @@ pub enum Command {
     Resolve(ResolveArgs),
     /// Print the credentials Secret and the Link that link a target cluster to this one.
     Link(LinkArgs),
-    /// Print the CustomResourceDefinitions meshlink reads (the Link).
+    /// Print the CustomResourceDefinitions meshlink reads (the Link and the ServiceProfile).
     Crds,
     /// Run the service mirror: keep local mirrors of every linked cluster's exported services.
     Mirror(MirrorArgs),

@@ -305,6 +305,7 @@ impl Sources {
             self.local.clone(),
             Some(args.control_plane_namespace.clone()),
         )
+        .with_profiles()
         .run(self.shutdown.clone());
         tasks.spawn(
             "kube",

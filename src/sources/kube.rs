@@ -39,7 +39,7 @@ pub use objects::{Change, EventBuffer, Indexed};
 
 use crate::{
     index::{ClusterHandle, ClusterStatus},
-    k8s::{EndpointSlice, Node, Pod, Secret, Service, labels},
+    k8s::{EndpointSlice, Node, Pod, Secret, Service, labels, profile::ServiceProfile},
 };
 
 /// How long a watch opened again after a failure must go without an error before the
@@ -52,6 +52,8 @@ pub struct KubeSource {
     cluster: ClusterHandle,
     /// Where credentials Secrets are read (the local cluster only).
     secrets_namespace: Option<String>,
+    /// Whether ServiceProfiles are watched (the local cluster only).
+    profiles: bool,
 }
 
 impl KubeSource {
@@ -61,7 +63,14 @@ impl KubeSource {
             client,
             cluster,
             secrets_namespace,
+            profiles: false,
         }
+    }
+
+    /// Also watches ServiceProfiles, once their CRD is installed.
+    pub fn with_profiles(mut self) -> Self {
+        self.profiles = true;
+        self
     }
 
     /// Runs every watcher until `shutdown` turns true.
@@ -122,7 +131,71 @@ impl KubeSource {
                     .instrument(info_span!("watch", kind = Secret::KIND, namespace = %ns)),
             );
         }
+        if self.profiles {
+            let (client, opened) = WatchOpened::wrap(&self.client);
+            let profiles = ProfileWatch {
+                client,
+                opened,
+                cluster: self.cluster.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tasks.spawn(
+                profiles
+                    .run()
+                    .instrument(info_span!("watch", kind = ServiceProfile::KIND)),
+            );
+        }
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// How often a cluster without the ServiceProfile CRD is asked again whether it has it.
+const PROFILE_CRD_RECHECK: Duration = Duration::from_secs(30);
+
+/// Watches ServiceProfiles once their CRD exists. Outside the cluster's health: a cluster
+/// without the CRD (or with a failing profile watch) is served, with default profiles or
+/// the last known ones, and never held unready for it.
+struct ProfileWatch {
+    client: Client,
+    opened: Arc<Notify>,
+    cluster: ClusterHandle,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl ProfileWatch {
+    async fn run(self) {
+        let api = Api::<ServiceProfile>::all(self.client.clone());
+        let mut shutdown = self.shutdown.clone();
+        let mut said_absent = false;
+        loop {
+            match api.list(&kube::api::ListParams::default().limit(1)).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    if !said_absent {
+                        info!(
+                            "the ServiceProfile CRD is not installed; serving default profiles until it is"
+                        );
+                        said_absent = true;
+                    }
+                }
+                Err(error) => warn!(%error, "cannot list ServiceProfiles; trying again"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PROFILE_CRD_RECHECK) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+        if said_absent {
+            info!("the ServiceProfile CRD is installed; watching ServiceProfiles");
+        }
+        let status = Arc::new(ClusterStatus::default());
+        let watch = Watch {
+            cluster: self.cluster,
+            health: Arc::new(Health::new(status, [ServiceProfile::KIND])),
+            shutdown: self.shutdown,
+            opened: self.opened,
+        };
+        watch.run(api, watcher::Config::default()).await;
     }
 }
 

@@ -434,6 +434,11 @@ fn apply(index: &mut ClusterIndex, obj: &Object) {
         Object::Pod(o) => index.apply_pod(o),
         Object::Node(o) => index.apply_node(o),
         Object::Secret(o) => index.apply_secret(o),
+        Object::ServiceProfile(o) => match crate::sources::profile::parse_profile(o) {
+            Ok(profile) => index.apply_profile(profile),
+            // Checked when the file was read; kept out of the index all the same.
+            Err(error) => warn!(%error, "skipping an invalid ServiceProfile"),
+        },
         Object::Namespace(_) => {}
     }
 }
@@ -447,6 +452,7 @@ fn delete(index: &mut ClusterIndex, key: &ObjectKey) {
         Kind::Pod => index.delete_pod(ns, name),
         Kind::Node => index.delete_node(name),
         Kind::Secret => index.delete_secret(ns, name),
+        Kind::ServiceProfile => index.delete_profile(ns, name),
         Kind::Namespace => {}
     }
 }

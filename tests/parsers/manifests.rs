@@ -132,6 +132,7 @@ impl Good {
             Object::Secret(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
+            Object::ServiceProfile(o) => &o.metadata,
         };
         prop_assert_eq!(meta.name.as_ref(), Some(&self.meta.name));
         if self.namespaced() {
@@ -335,6 +336,7 @@ fn check_invariants(objects: &BTreeMap<ObjectKey, Object>) -> Result<(), TestCas
             Object::Secret(o) => Some(&o.metadata.namespace),
             Object::Service(o) => Some(&o.metadata.namespace),
             Object::EndpointSlice(o) => Some(&o.metadata.namespace),
+            Object::ServiceProfile(o) => Some(&o.metadata.namespace),
             Object::Namespace(_) | Object::Node(_) => None,
         };
         if let Some(namespace) = namespace {

@@ -7,7 +7,8 @@ use kube::runtime::watcher::Event;
 
 use crate::{
     index::ClusterIndex,
-    k8s::{EndpointSlice, Node, ObjectMeta, Pod, Secret, Service, labels},
+    k8s::{EndpointSlice, Node, ObjectMeta, Pod, Secret, Service, labels, profile::ServiceProfile},
+    sources::profile::parse_profile,
 };
 
 /// Annotation `kubectl apply` writes: a copy of the whole object, never read by the index.
@@ -59,6 +60,47 @@ fn keep_keys(
         .filter(|(k, _)| keys.contains(&k.as_str()))
         .collect();
     (!kept.is_empty()).then_some(kept)
+}
+
+// === impl Indexed for ServiceProfile ===
+
+impl Indexed for ServiceProfile {
+    const KIND: &'static str = "ServiceProfile";
+
+    fn trim(mut self) -> Self {
+        self.metadata = trim_meta(self.metadata);
+        self
+    }
+    /// A profile that does not parse is reported; its last good version stays.
+    fn apply(index: &mut ClusterIndex, obj: &Self) {
+        match parse_profile(obj) {
+            Ok(profile) => index.apply_profile(profile),
+            Err(error) => {
+                let (ns, name) = name_of(&obj.metadata);
+                tracing::warn!(namespace = ns, name, %error, "ServiceProfile rejected; serving its last good version");
+                index.reject_profile(ns, name, error.metric_label());
+            }
+        }
+    }
+    fn delete(index: &mut ClusterIndex, obj: &Self) {
+        let (ns, name) = name_of(&obj.metadata);
+        index.delete_profile(ns, name);
+    }
+    fn reset(index: &mut ClusterIndex, objs: &[Self]) {
+        let mut good = Vec::with_capacity(objs.len());
+        let mut invalid = Vec::new();
+        for obj in objs {
+            match parse_profile(obj) {
+                Ok(profile) => good.push(profile),
+                Err(error) => {
+                    let (ns, name) = name_of(&obj.metadata);
+                    tracing::warn!(namespace = ns, name, %error, "ServiceProfile rejected; serving its last good version");
+                    invalid.push(((ns.to_string(), name.to_string()), error.metric_label()));
+                }
+            }
+        }
+        index.reset_profiles(good, invalid);
+    }
 }
 
 // === impl Indexed for Service ===

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::k8s::{EndpointSlice, Namespace, Node, Pod, Secret, Service};
+use crate::k8s::{EndpointSlice, Namespace, Node, Pod, Secret, Service, profile::ServiceProfile};
 
 /// The kinds the manifest source reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -15,6 +15,7 @@ pub enum Kind {
     Secret,
     Service,
     EndpointSlice,
+    ServiceProfile,
 }
 
 impl Kind {
@@ -41,6 +42,8 @@ pub enum Object {
     Secret(Box<Secret>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    /// Checked by [`crate::sources::profile::parse_profile`] when read.
+    ServiceProfile(Box<ServiceProfile>),
 }
 
 impl ObjectKey {
@@ -53,6 +56,7 @@ impl ObjectKey {
             Object::Secret(o) => (Kind::Secret, &o.metadata),
             Object::Service(o) => (Kind::Service, &o.metadata),
             Object::EndpointSlice(o) => (Kind::EndpointSlice, &o.metadata),
+            Object::ServiceProfile(o) => (Kind::ServiceProfile, &o.metadata),
         };
         let namespace = match kind {
             Kind::Namespace | Kind::Node => String::new(),
@@ -218,6 +222,21 @@ fn read_document(doc: &Document<'_>) -> Result<Option<Object>, DocumentError> {
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             Object::EndpointSlice(de(doc, Kind::EndpointSlice)?)
         }
+        ("linkerd.io/v1alpha2", "ServiceProfile") => {
+            let sp: Box<ServiceProfile> = de(doc, Kind::ServiceProfile)?;
+            // A profile that would not be served is reported with its file, like any
+            // other invalid object.
+            let mut checked = (*sp).clone();
+            checked.metadata.name.get_or_insert_with(String::new);
+            if let Err(e) = crate::sources::profile::parse_profile(&checked) {
+                return Err(DocumentError::InvalidObject {
+                    doc: n,
+                    kind: Kind::ServiceProfile,
+                    message: e.to_string(),
+                });
+            }
+            Object::ServiceProfile(sp)
+        }
         _ => {
             tracing::debug!(%api_version, %kind, "skipping a kind meshlink does not read");
             return Ok(None);
@@ -258,6 +277,7 @@ fn normalize(mut obj: Object) -> Object {
         Object::Secret(o) => &mut o.metadata,
         Object::Service(o) => &mut o.metadata,
         Object::EndpointSlice(o) => &mut o.metadata,
+        Object::ServiceProfile(o) => &mut o.metadata,
     };
     meta.managed_fields = None;
     if !matches!(obj, Object::Namespace(_) | Object::Node(_)) {
@@ -266,6 +286,7 @@ fn normalize(mut obj: Object) -> Object {
             Object::Secret(o) => &mut o.metadata,
             Object::Service(o) => &mut o.metadata,
             Object::EndpointSlice(o) => &mut o.metadata,
+            Object::ServiceProfile(o) => &mut o.metadata,
             _ => unreachable!("cluster-scoped kinds are excluded above"),
         };
         meta.namespace.get_or_insert_with(|| "default".into());
