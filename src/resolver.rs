@@ -344,9 +344,26 @@ impl EndpointStream {
         self.plan = plan;
     }
 
+    /// One lookup's snapshot as it is: streams may reuse its precomputed delta.
+    fn as_is(only: &PortSnapshot) -> EndpointSet {
+        EndpointSet {
+            endpoints: Arc::clone(&only.endpoints),
+            all_hinted: only.all_hinted,
+            version: Some(only.version),
+            delta: only.delta.clone(),
+            ..EndpointSet::default()
+        }
+    }
+
     /// The union of every member's endpoints; an address in two members counts once.
     /// Endpoints, versions and hints of the merged set (labels and flags are the caller's).
     fn merge(&mut self, root: &Arc<PortSnapshot>) -> EndpointSet {
+        // A service's own endpoints, the common case, without collecting the members.
+        if let ([member], None) = (self.members.as_slice(), &self.plan.hostname)
+            && member.source == Source::Root
+        {
+            return Self::as_is(root);
+        }
         let snapshots: Vec<Arc<PortSnapshot>> = self
             .members
             .iter_mut()
@@ -358,14 +375,7 @@ impl EndpointStream {
             .collect();
         let host = self.plan.hostname.as_deref();
         if let ([only], None) = (snapshots.as_slice(), host) {
-            // One lookup as it is: streams may reuse its precomputed delta.
-            return EndpointSet {
-                endpoints: Arc::clone(&only.endpoints),
-                all_hinted: only.all_hinted,
-                version: Some(only.version),
-                delta: only.delta.clone(),
-                ..EndpointSet::default()
-            };
+            return Self::as_is(only);
         }
         let mut merged = EndpointAddrs::new();
         for snapshot in &snapshots {

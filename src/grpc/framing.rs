@@ -215,6 +215,12 @@ pub fn channel(buffer: usize, slot: Option<StreamSlot>) -> (MessageSender, Messa
 impl MessageSender {
     /// Queues a framed message, waiting at most `timeout` for room.
     pub async fn send(&self, msg: Bytes, timeout: std::time::Duration) -> Result<(), SendError> {
+        // Usually there is room: then no timer is made (a fan-out makes one per stream).
+        let msg = match self.tx.try_send(msg) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(SendError::Closed),
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+        };
         match self.tx.send_timeout(msg, timeout).await {
             Ok(()) => Ok(()),
             Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(SendError::Closed),

@@ -59,17 +59,20 @@ impl PodInfo {
         let key = pod_ref(pod)?;
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let name: Arc<str> = Arc::from(pod.metadata.name.as_deref()?);
-        let meta_labels = pod.metadata.labels.clone().unwrap_or_default();
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        let spec = pod.spec.clone().unwrap_or_default();
-        let status = pod.status.clone().unwrap_or_default();
+        // Read in place: a real pod's spec and status are kilobytes, and a cold start
+        // reads every pod of the cluster.
+        let empty = BTreeMap::new();
+        let meta_labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+        let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
 
         let mut ips: Vec<IpAddr> = status
-            .pod_ips
-            .iter()
+            .and_then(|s| s.pod_ips.as_ref())
+            .into_iter()
             .flatten()
             .map(|p| p.ip.as_str())
-            .chain(status.pod_ip.as_deref())
+            .chain(status.and_then(|s| s.pod_ip.as_deref()))
             .filter_map(|ip| ip.parse().ok())
             .collect();
         ips.sort();
@@ -81,10 +84,10 @@ impl PodInfo {
             .filter(|ns| !ns.is_empty());
         let meshed = control_plane_ns.is_some();
         let service_account = spec
-            .service_account_name
-            .clone()
+            .and_then(|s| s.service_account_name.as_deref())
             .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "default".into());
+            .unwrap_or("default")
+            .to_string();
         let identity = (control_plane_ns == Some(&config.control_plane_ns)
             && !config.trust_domain.is_empty())
         .then(|| {
@@ -95,9 +98,11 @@ impl PodInfo {
         });
 
         let containers = || {
-            spec.containers
-                .iter()
-                .chain(spec.init_containers.iter().flatten())
+            spec.into_iter().flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
         };
         let mut port_names = Vec::new();
         for c in containers() {
@@ -122,7 +127,7 @@ impl PodInfo {
         {
             pod_labels.insert("pod_template_hash".to_string(), hash.clone());
         }
-        if let Some((kind, owner)) = owner_label(pod, &meta_labels) {
+        if let Some((kind, owner)) = owner_label(pod, meta_labels) {
             pod_labels.insert(kind, owner);
         }
 
@@ -130,7 +135,9 @@ impl PodInfo {
             key,
             name,
             ips: ips.into_boxed_slice(),
-            node_name: spec.node_name.as_deref().map(|n| interner.str(n)),
+            node_name: spec
+                .and_then(|s| s.node_name.as_deref())
+                .map(|n| interner.str(n)),
             meshed,
             identity,
             skip_inbound: annotations
