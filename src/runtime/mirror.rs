@@ -45,8 +45,9 @@ pub async fn run(args: MirrorArgs) -> Result<()> {
         print!("{out}");
         return Ok(());
     }
+    let mut signals = super::Signals::listen();
     let mirror = spawn(args).await?;
-    super::wait_for_signal().await;
+    signals.recv().await;
     mirror.stop().await;
     Ok(())
 }

@@ -31,25 +31,43 @@ pub fn init_tracing(format: cli::LogFormat, filter: &str) -> Result<()> {
     result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
-/// Waits for SIGTERM or Ctrl-C.
-pub async fn wait_for_signal() {
+/// SIGTERM and Ctrl-C, listened for from the moment this is made: made before anything is
+/// started, a signal that arrives while the server is still starting is not lost (without a
+/// handler SIGTERM would kill the process on the spot, streams and all).
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("received SIGTERM; shutting down"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("received Ctrl-C; shutting down"),
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server")
-            }
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Installs the handlers now.
+    pub fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let term = signal(SignalKind::terminate())
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server")
+                })
+                .ok();
+            Self { term }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves at the first SIGTERM or Ctrl-C since `listen`.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("received SIGTERM; shutting down"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("received Ctrl-C; shutting down"),
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// A client of the local API server: `--kubeconfig`, else what kube infers ($KUBECONFIG,

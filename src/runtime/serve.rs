@@ -38,6 +38,7 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     tasks: Supervisor,
     grace: std::time::Duration,
+    signals: super::Signals,
 }
 
 impl Server {
@@ -46,7 +47,7 @@ impl Server {
     /// should exit non-zero).
     pub async fn run(mut self) -> Result<()> {
         tokio::select! {
-            _ = super::wait_for_signal() => {
+            _ = self.signals.recv() => {
                 self.shutdown().await;
                 Ok(())
             }
@@ -96,6 +97,7 @@ enum Source {
 /// Starts meshlink as `args` say and returns once it is serving (with Kubernetes: once
 /// the local cluster's initial lists are in).
 pub async fn serve(args: ServeArgs) -> Result<Server> {
+    let signals = super::Signals::listen();
     listener::raise_fd_limit();
     let default_opaque_ports = Arc::new(
         PortSet::parse_strict(&args.default_opaque_ports)
@@ -217,6 +219,7 @@ pub async fn serve(args: ServeArgs) -> Result<Server> {
         shutdown: shutdown_tx,
         tasks,
         grace: args.shutdown_grace,
+        signals,
     })
 }
 
