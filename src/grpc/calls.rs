@@ -71,10 +71,11 @@ impl CallLimits {
 }
 
 /// A request counted among those being read, until dropped.
-struct Pending(Arc<AtomicUsize>);
+pub(super) struct Pending(Arc<AtomicUsize>);
 
 impl Pending {
-    fn enter(pending: &Arc<AtomicUsize>, limit: usize) -> Result<Self, Status> {
+    /// Counts one more request being read, or refuses it past `limit`.
+    pub(super) fn enter(pending: &Arc<AtomicUsize>, limit: usize) -> Result<Self, Status> {
         if pending.fetch_add(1, Ordering::AcqRel) >= limit {
             pending.fetch_sub(1, Ordering::AcqRel);
             return Err(Status::resource_exhausted(format!(

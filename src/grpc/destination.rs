@@ -8,10 +8,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::AtomicUsize},
     task::{Context, Poll},
     time::Duration,
 };
@@ -23,7 +20,7 @@ use tonic::Status;
 use tracing::{Instrument, debug, debug_span};
 
 use super::{
-    DESTINATION_SERVICE_NAME,
+    DESTINATION_SERVICE_NAME, calls,
     connection::ConnectionStreams,
     convert,
     framing::{self, MessageBody, MessageSender, SendError},
@@ -162,7 +159,7 @@ impl DestinationService {
         body: tonic::body::Body,
         deadline: Instant,
     ) -> Result<pb::GetDestination, Status> {
-        let _pending = PendingRequest::enter(&self.pending, self.settings.max_pending_requests)?;
+        let _pending = calls::Pending::enter(&self.pending, self.settings.max_pending_requests)?;
         framing::decode_request(body, deadline).await
     }
 
@@ -259,45 +256,6 @@ impl Call {
             self.connection.as_ref().map(ConnectionStreams::open),
         )
     }
-}
-
-/// A request whose message is being read, counted against the server-wide limit.
-struct PendingRequest(Arc<AtomicUsize>);
-
-impl PendingRequest {
-    fn enter(pending: &Arc<AtomicUsize>, limit: usize) -> Result<Self, Status> {
-        if pending.fetch_add(1, Ordering::AcqRel) >= limit {
-            pending.fetch_sub(1, Ordering::AcqRel);
-            return Err(Status::resource_exhausted(format!(
-                "too many requests are being read at once (limit {limit}); retry shortly"
-            )));
-        }
-        Ok(Self(Arc::clone(pending)))
-    }
-}
-
-impl Drop for PendingRequest {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Resolves when the client's deadline passes; never when it set none.
-async fn client_deadline(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The status a stream ends with when its client's deadline passed.
-fn deadline_passed() -> Status {
-    Status::deadline_exceeded("the call's deadline (grpc-timeout) passed")
-}
-
-/// The status a stream ends with when its client stopped reading.
-fn stalled() -> Status {
-    Status::deadline_exceeded("client did not read updates")
 }
 
 impl tower_service::Service<http::Request<tonic::body::Body>> for DestinationService {
@@ -424,7 +382,7 @@ impl EndpointTask {
         tokio::pin!(client_gone);
         let shutting_down = shutdown.wait_for(|s| *s);
         tokio::pin!(shutting_down);
-        let deadline = client_deadline(self.deadline);
+        let deadline = calls::Call::deadline_passed(self.deadline);
         tokio::pin!(deadline);
         loop {
             let set = match next.take() {
@@ -450,7 +408,7 @@ impl EndpointTask {
                     Err(SendError::Closed) => return,
                     Err(SendError::TimedOut) => {
                         debug!("client stopped reading; ending the stream");
-                        self.tx.end_stalled(stalled());
+                        self.tx.end_stalled(calls::stalled());
                         return;
                     }
                 };
@@ -467,7 +425,7 @@ impl EndpointTask {
                 _ = &mut client_gone => return,
                 _ = &mut shutting_down => return,
                 _ = &mut deadline => {
-                    self.tx.end(deadline_passed());
+                    self.tx.end(calls::deadline_exceeded());
                     return;
                 }
             };
@@ -604,7 +562,7 @@ impl ProfileTask {
                 kind: "profile",
             })
             .clone();
-        let deadline = client_deadline(self.deadline);
+        let deadline = calls::Call::deadline_passed(self.deadline);
         tokio::pin!(deadline);
         let mut last: Option<pb::DestinationProfile> = None;
         loop {
@@ -616,7 +574,7 @@ impl ProfileTask {
                 _ = self.tx.closed() => return,
                 _ = shutdown.wait_for(|s| *s) => return,
                 _ = &mut deadline => {
-                    self.tx.end(deadline_passed());
+                    self.tx.end(calls::deadline_exceeded());
                     return;
                 }
             };
@@ -636,7 +594,7 @@ impl ProfileTask {
                 // Like `Get`: a client that stopped reading is told so.
                 Err(SendError::TimedOut) => {
                     debug!("client stopped reading; ending the stream");
-                    self.tx.end_stalled(stalled());
+                    self.tx.end_stalled(calls::stalled());
                     return;
                 }
             };
