@@ -74,6 +74,9 @@ pub fn slice_service(slice: &super::EndpointSlice) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// The prefix of meshlink's own keys; never copied from a remote object onto a mirror.
+pub const MESHLINK_PREFIX: &str = "meshlink.io/";
+
 /// Labels meshlink's service mirror puts on every object it creates, naming the Link that
 /// owns it (name and namespace); with `mirror.linkerd.io/mirrored-service` they mark ownership.
 pub const MESHLINK_LINK: &str = "meshlink.io/link";

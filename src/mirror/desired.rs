@@ -502,7 +502,7 @@ fn mirror_service(link: &LinkConfig, svc: &Service, mode: Mode, headless: bool) 
         .iter()
         .flatten()
         .filter(|(k, _)| !LinkConfig::excluded(&link.excluded_labels, k))
-        .filter(|(k, _)| !k.starts_with("meshlink.io/"))
+        .filter(|(k, _)| !k.starts_with(labels::MESHLINK_PREFIX))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     l.extend(link.owner_labels());
@@ -512,7 +512,7 @@ fn mirror_service(link: &LinkConfig, svc: &Service, mode: Mode, headless: bool) 
         .iter()
         .flatten()
         .filter(|(k, _)| !LinkConfig::excluded(&link.excluded_annotations, k))
-        .filter(|(k, _)| !k.starts_with("meshlink.io/"))
+        .filter(|(k, _)| !k.starts_with(labels::MESHLINK_PREFIX))
         .filter(|(k, _)| *k != "kubectl.kubernetes.io/last-applied-configuration")
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();

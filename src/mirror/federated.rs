@@ -126,7 +126,7 @@ pub fn desired(
             .unwrap_or_default()
             .into_iter()
             .filter(|(k, _)| {
-                !k.starts_with(labels::MIRROR_PREFIX) && !k.starts_with("meshlink.io/")
+                !k.starts_with(labels::MIRROR_PREFIX) && !k.starts_with(labels::MESHLINK_PREFIX)
             })
             .collect();
         l.insert(labels::MIRRORED_SERVICE.into(), "true".into());
