@@ -128,31 +128,7 @@ async fn health_reflection_and_admin() {
         );
     }
 
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut reflection = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut resp = reflection
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let listed = match resp
-        .message()
-        .await
-        .expect("reflection answer")
-        .and_then(|r| r.message_response)
-    {
-        Some(MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    };
+    let listed = reflection_services(channel).await;
     for want in [
         "io.linkerd.proxy.destination.Destination",
         "grpc.health.v1.Health",

@@ -17,7 +17,7 @@ use linkerd2_proxy_api::{
     },
 };
 use support::{
-    TestServer, assert_quiet, next, socket_addr,
+    TestServer, assert_quiet, next, reflection_services, socket_addr,
     world::{PodOpts, docs, pod, service, service_with},
 };
 use tonic::{Code, Streaming, transport::Channel};
@@ -566,30 +566,7 @@ async fn health_and_reflection_list_identity_and_policy() {
             "{service}"
         );
     }
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut resp = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let listed = match resp
-        .message()
-        .await
-        .expect("reflection answer")
-        .and_then(|r| r.message_response)
-    {
-        Some(MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    };
+    let listed = reflection_services(channel).await;
     for want in [
         "io.linkerd.proxy.identity.Identity",
         "io.linkerd.proxy.outbound.OutboundPolicies",
