@@ -8,45 +8,6 @@ use std::time::Duration;
 use support::{world::*, *};
 use tonic::Code;
 
-/// The credentials Secret linking `cluster`, as `linkerd multicluster link` writes it.
-fn credentials(cluster: &str, trust_domain: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Secret
-metadata:
-  name: cluster-credentials-{cluster}
-  namespace: linkerd
-  labels: {{multicluster.linkerd.io/cluster-name: {cluster}}}
-  annotations:
-    multicluster.linkerd.io/trust-domain: {trust_domain}
-    multicluster.linkerd.io/cluster-domain: cluster.local
-type: mirror.linkerd.io/remote-kubeconfig
-data: {{kubeconfig: dW51c2Vk}}
-"
-    )
-}
-
-/// A remote-discovery mirror of `foo` from `cluster`.
-fn remote_mirror(cluster: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: foo-{cluster}
-  namespace: ns
-  labels:
-    mirror.linkerd.io/mirrored-service: \"true\"
-    mirror.linkerd.io/cluster-name: {cluster}
-    multicluster.linkerd.io/remote-discovery: {cluster}
-    multicluster.linkerd.io/remote-service: foo
-  annotations:
-    mirror.linkerd.io/remote-svc-fq-name: foo.ns.svc.cluster.local
-spec:
-  ports: [{{name: http, port: 8080}}]
-"
-    )
-}
-
 fn federated(remote_members: &str, local_member: Option<&str>) -> String {
     let local = local_member
         .map(|m| format!("\n    multicluster.linkerd.io/local-discovery: {m}"))
@@ -96,7 +57,10 @@ async fn linked_world() -> TestServer {
         ),
         (
             "local/mirrors.yaml",
-            &docs(&[remote_mirror("west"), remote_mirror("east")]),
+            &docs(&[
+                remote_discovery_mirror("ns", "foo", "west", 8080),
+                remote_discovery_mirror("ns", "foo", "east", 8080),
+            ]),
         ),
         ("local/foo.yaml", &foo(&["10.1.0.1"])),
         (
@@ -171,7 +135,10 @@ async fn unlinking_and_relinking_a_cluster() {
 #[tokio::test]
 async fn a_cluster_linked_later_fills_an_open_stream() {
     let srv = TestServer::start(&[
-        ("local/mirrors.yaml", &remote_mirror("west")),
+        (
+            "local/mirrors.yaml",
+            &remote_discovery_mirror("ns", "foo", "west", 8080),
+        ),
         ("west/foo.yaml", &foo(&["10.2.0.1"])),
     ])
     .await;
@@ -184,8 +151,8 @@ async fn a_cluster_linked_later_fills_an_open_stream() {
 
 #[tokio::test]
 async fn remote_mirror_without_remote_service_is_failed_precondition() {
-    let broken =
-        remote_mirror("west").replace("    multicluster.linkerd.io/remote-service: foo\n", "");
+    let broken = remote_discovery_mirror("ns", "foo", "west", 8080)
+        .replace("    multicluster.linkerd.io/remote-service: foo\n", "");
     let srv = TestServer::start(&[
         ("local/links.yaml", &credentials("west", "west.example")),
         ("local/m.yaml", &broken),
@@ -468,7 +435,10 @@ async fn a_secret_without_trust_domain_is_ignored_and_reported() {
         ),
         (
             "local/mirrors.yaml",
-            &docs(&[remote_mirror("west"), remote_mirror("east")]),
+            &docs(&[
+                remote_discovery_mirror("ns", "foo", "west", 8080),
+                remote_discovery_mirror("ns", "foo", "east", 8080),
+            ]),
         ),
         ("west/foo.yaml", &foo(&["10.2.0.1"])),
         ("east/foo.yaml", &foo(&["10.3.0.1"])),

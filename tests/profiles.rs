@@ -456,45 +456,6 @@ async fn malformed_profiles_are_reported_and_spare_the_others() {
 
 // --- failover ---
 
-/// The credentials Secret linking `cluster`.
-fn credentials(cluster: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Secret
-metadata:
-  name: cluster-credentials-{cluster}
-  namespace: linkerd
-  labels: {{multicluster.linkerd.io/cluster-name: {cluster}}}
-  annotations:
-    multicluster.linkerd.io/trust-domain: {cluster}.example
-    multicluster.linkerd.io/cluster-domain: cluster.local
-type: mirror.linkerd.io/remote-kubeconfig
-data: {{kubeconfig: dW51c2Vk}}
-"
-    )
-}
-
-/// The remote-discovery mirror `web-<cluster>` of `web`.
-fn mirror(cluster: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: web-{cluster}
-  namespace: shop
-  labels:
-    mirror.linkerd.io/mirrored-service: \"true\"
-    mirror.linkerd.io/cluster-name: {cluster}
-    multicluster.linkerd.io/remote-discovery: {cluster}
-    multicluster.linkerd.io/remote-service: web
-  annotations:
-    mirror.linkerd.io/remote-svc-fq-name: web.shop.svc.cluster.local
-spec:
-  ports: [{{name: http, port: 80}}]
-"
-    )
-}
-
 /// `web` with ready pods at `ips`.
 fn web_pods(ips: &[&'static str]) -> String {
     let mut parts = vec![service("shop", "web", &[(80, "8080", "http")])];
@@ -524,11 +485,17 @@ async fn failover_world() -> TestServer {
     TestServer::start(&[
         (
             "local/links.yaml",
-            &docs(&[credentials("west"), credentials("east")]),
+            &docs(&[
+                credentials("west", "west.example"),
+                credentials("east", "east.example"),
+            ]),
         ),
         (
             "local/mirrors.yaml",
-            &docs(&[mirror("west"), mirror("east")]),
+            &docs(&[
+                remote_discovery_mirror("shop", "web", "west", 80),
+                remote_discovery_mirror("shop", "web", "east", 80),
+            ]),
         ),
         ("local/web.yaml", &web_pods(&["10.1.0.1"])),
         (
@@ -612,7 +579,7 @@ async fn a_stale_linked_cluster_keeps_its_last_endpoints_and_its_weight() {
     assert_quiet(&mut s, Duration::from_millis(300)).await;
 
     // A cluster that is unlinked takes its endpoints, and its share, with it.
-    srv.write("local/links.yaml", &credentials("east"));
+    srv.write("local/links.yaml", &credentials("east", "east.example"));
     assert_eq!(
         split(&next(&mut s).await),
         [(W_LOCAL, 0), (W_WEST, 0), (W_EAST, 4_000)]

@@ -149,3 +149,42 @@ metadata:
 pub fn docs(parts: &[String]) -> String {
     parts.join("---\n")
 }
+
+/// The credentials Secret linking `cluster`, as `linkerd multicluster link` writes it.
+pub fn credentials(cluster: &str, trust_domain: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Secret
+metadata:
+  name: cluster-credentials-{cluster}
+  namespace: linkerd
+  labels: {{multicluster.linkerd.io/cluster-name: {cluster}}}
+  annotations:
+    multicluster.linkerd.io/trust-domain: {trust_domain}
+    multicluster.linkerd.io/cluster-domain: cluster.local
+type: mirror.linkerd.io/remote-kubeconfig
+data: {{kubeconfig: dW51c2Vk}}
+"
+    )
+}
+
+/// The remote-discovery mirror `<svc>-<cluster>` of `ns/svc` (one `http` port).
+pub fn remote_discovery_mirror(ns: &str, svc: &str, cluster: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {svc}-{cluster}
+  namespace: {ns}
+  labels:
+    mirror.linkerd.io/mirrored-service: \"true\"
+    mirror.linkerd.io/cluster-name: {cluster}
+    multicluster.linkerd.io/remote-discovery: {cluster}
+    multicluster.linkerd.io/remote-service: {svc}
+  annotations:
+    mirror.linkerd.io/remote-svc-fq-name: {svc}.{ns}.svc.cluster.local
+spec:
+  ports: [{{name: http, port: {port}}}]
+"
+    )
+}
