@@ -83,13 +83,14 @@ fn spawn_local<K>(
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
+        + super::slim::Slim
         + Send
         + Sync
         + 'static,
 {
     let stream = watcher(api, config)
         .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .modify(K::slim)
         .reflect(writer);
     tokio::spawn(
         async move {

@@ -219,13 +219,14 @@ pub enum Mode {
     RemoteDiscovery,
 }
 
-/// What the mirror of one Link should hold locally.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Desired {
+/// What the mirror of one Link should hold locally: each object as [`desired`] makes it, or
+/// in the form a caller of [`desired_with`] keeps of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired<S = Service, E = EndpointSlice> {
     /// Mirror Services by namespace and name.
-    pub services: BTreeMap<ObjKey, Service>,
+    pub services: BTreeMap<ObjKey, S>,
     /// Mirror EndpointSlices by namespace and name.
-    pub slices: BTreeMap<ObjKey, EndpointSlice>,
+    pub slices: BTreeMap<ObjKey, E>,
     /// Counts by kind.
     pub counts: MirroredServices,
     /// Federated members of the target cluster: (namespace, service) and the remote Service.
@@ -251,9 +252,37 @@ pub struct Local<'a> {
     pub cluster_ip: &'a dyn Fn(&str, &str) -> Option<String>,
 }
 
+impl<S, E> Default for Desired<S, E> {
+    fn default() -> Self {
+        Self {
+            services: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            counts: MirroredServices::default(),
+            federated: BTreeMap::new(),
+        }
+    }
+}
+
 /// Computes every object the Link should have locally.
 pub fn desired(link: &LinkConfig, remote: &Remote<'_>, local: &Local<'_>) -> Desired {
-    let mut out = Desired::default();
+    desired_with(link, remote, local, &mut |svc| svc, &mut |slice| slice)
+}
+
+/// Computes every object the Link should have locally, handing each to `keep_service` or
+/// `keep_slice` as it is made and keeping what they return. A reconciler that keeps only
+/// what differs from what exists never holds thousands of unchanged objects at once.
+pub fn desired_with<S, E>(
+    link: &LinkConfig,
+    remote: &Remote<'_>,
+    local: &Local<'_>,
+    keep_service: &mut dyn FnMut(Service) -> S,
+    keep_slice: &mut dyn FnMut(EndpointSlice) -> E,
+) -> Desired<S, E> {
+    let mut out = Out {
+        desired: Desired::default(),
+        keep_service,
+        keep_slice,
+    };
     for svc in remote.services {
         let (Some(ns), Some(name)) = (
             svc.metadata.namespace.as_deref(),
@@ -262,8 +291,9 @@ pub fn desired(link: &LinkConfig, remote: &Remote<'_>, local: &Local<'_>) -> Des
             continue;
         };
         if link.is_federated_member(svc) {
-            out.counts.federated += 1;
-            out.federated
+            out.desired.counts.federated += 1;
+            out.desired
+                .federated
                 .insert((ns.to_string(), name.to_string()), Arc::clone(svc));
         }
         let Some(mode) = link.mode_of(svc) else {
@@ -277,21 +307,41 @@ pub fn desired(link: &LinkConfig, remote: &Remote<'_>, local: &Local<'_>) -> Des
         match mode {
             Mode::RemoteDiscovery => {
                 let mirror = mirror_service(link, svc, mode, false);
-                out.counts.remote_discovery += 1;
-                insert(&mut out.services, mirror);
+                out.desired.counts.remote_discovery += 1;
+                out.service(mirror);
             }
             Mode::Gateway => gateway_mirrors(link, svc, slices, local, &mut out),
         }
     }
-    out
+    out.desired
 }
 
-fn insert<K: kube::Resource>(map: &mut BTreeMap<ObjKey, K>, obj: K) {
-    let key = (
-        obj.meta().namespace.clone().unwrap_or_default(),
-        obj.meta().name.clone().unwrap_or_default(),
-    );
-    map.insert(key, obj);
+/// The objects made so far, and what to keep of each next one.
+struct Out<'k, S, E> {
+    desired: Desired<S, E>,
+    keep_service: &'k mut dyn FnMut(Service) -> S,
+    keep_slice: &'k mut dyn FnMut(EndpointSlice) -> E,
+}
+
+impl<S, E> Out<'_, S, E> {
+    fn service(&mut self, svc: Service) {
+        let key = obj_key(&svc.metadata);
+        let kept = (self.keep_service)(svc);
+        self.desired.services.insert(key, kept);
+    }
+
+    fn slice(&mut self, slice: EndpointSlice) {
+        let key = obj_key(&slice.metadata);
+        let kept = (self.keep_slice)(slice);
+        self.desired.slices.insert(key, kept);
+    }
+}
+
+fn obj_key(meta: &ObjectMeta) -> ObjKey {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
 }
 
 /// Ready endpoints of the remote service: (hostname, ready).
@@ -310,28 +360,28 @@ fn ready_hosts(slices: &[Arc<EndpointSlice>]) -> (bool, BTreeSet<String>) {
     (any_ready, hosts)
 }
 
-fn gateway_mirrors(
+fn gateway_mirrors<S, E>(
     link: &LinkConfig,
     svc: &Service,
     slices: &[Arc<EndpointSlice>],
     local: &Local<'_>,
-    out: &mut Desired,
+    out: &mut Out<'_, S, E>,
 ) {
     let ns = svc.metadata.namespace.clone().unwrap_or_default();
     let name = svc.metadata.name.clone().unwrap_or_default();
     let (any_ready, hosts) = ready_hosts(slices);
     let headless = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None")
         && !hosts.is_empty();
-    out.counts.gateway += 1;
+    out.desired.counts.gateway += 1;
     let mirror = mirror_service(link, svc, Mode::Gateway, headless);
     let mirror_name = mirror.metadata.name.clone().unwrap_or_default();
     let ports = mirror_ports(svc);
     if !headless {
         let fqn = format!("{name}.{ns}.svc.{}", link.remote_domain);
         for slice in gateway_slices(link, &mirror, &fqn, &ports, local, any_ready) {
-            insert(&mut out.slices, slice);
+            out.slice(slice);
         }
-        insert(&mut out.services, mirror);
+        out.service(mirror);
         return;
     }
     // Headless: one endpoint mirror per ready host, and the headless mirror's slice at
@@ -352,7 +402,7 @@ fn gateway_mirrors(
                 .labels
                 .get_or_insert_default()
                 .insert(labels::HEADLESS_MIRROR_SVC_NAME.into(), mirror_name.clone());
-            insert(&mut out.slices, slice);
+            out.slice(slice);
         }
         if let Some(ip) = (local.cluster_ip)(&ns, &ep_name).filter(|ip| ip != "None") {
             parent_endpoints.push(Endpoint {
@@ -365,8 +415,8 @@ fn gateway_mirrors(
                 ..Endpoint::default()
             });
         }
-        out.counts.headless_endpoints += 1;
-        insert(&mut out.services, ep_mirror);
+        out.desired.counts.headless_endpoints += 1;
+        out.service(ep_mirror);
     }
     let v6 = parent_endpoints
         .first()
@@ -387,8 +437,8 @@ fn gateway_mirrors(
                 .collect(),
         ),
     };
-    insert(&mut out.slices, parent_slice);
-    insert(&mut out.services, mirror);
+    out.slice(parent_slice);
+    out.service(mirror);
 }
 
 /// Metadata of a mirror's slice (`<mirror>-meshlink`, `-v6` for IPv6 addresses).

@@ -3,7 +3,7 @@
 //! `desired` computes what a Link's mirrors should be (pure); `reconcile` watches a target
 //! cluster and writes the difference; `controller` starts and stops one reconciler per
 //! Link; `status` and `metrics` report. `probe` (gateway liveness) and `lease` (leader
-//! election) are the operations side.
+//! election) are the operations side; `slim` cuts watched objects down to what is read.
 
 pub mod controller;
 pub mod desired;
@@ -12,6 +12,7 @@ pub mod lease;
 pub mod metrics;
 pub mod probe;
 pub mod reconcile;
+pub mod slim;
 pub mod status;
 
 /// Waits until `rx` holds true (or its sender is gone); holds no borrow across awaits.

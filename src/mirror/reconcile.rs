@@ -325,13 +325,14 @@ fn spawn_remote_watch<K>(
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
+        + super::slim::Slim
         + Send
         + Sync
         + 'static,
 {
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .modify(K::slim)
         .reflect(writer);
     tokio::spawn(
         async move {
@@ -443,7 +444,9 @@ impl LinkReconciler {
         self.gateway_ips = ips;
     }
 
-    fn compute(&self) -> Desired {
+    /// The Link's desired objects, each compared with what exists as it is made: only those
+    /// that differ are kept whole (see [`Planned`]).
+    fn compute(&self) -> Desired<PlannedService, PlannedSlice> {
         let mut by_svc: BTreeMap<ObjKey, Vec<Arc<EndpointSlice>>> = BTreeMap::new();
         for s in self.remote_slices.state() {
             if let Some(svc) = labels::slice_service(&s) {
@@ -463,7 +466,7 @@ impl LinkReconciler {
                 .cluster_ip
                 .clone()
         };
-        desired::desired(
+        desired::desired_with(
             &self.cfg,
             &desired::Remote {
                 services: &services,
@@ -473,6 +476,16 @@ impl LinkReconciler {
                 gateway_ips: &self.gateway_ips,
                 gateway_alive: *self.gateway_alive.borrow(),
                 cluster_ip: &cluster_ip,
+            },
+            &mut |svc| {
+                let counted = Counted::of(&svc);
+                Planned::new(svc, &self.shared.services, counted)
+            },
+            &mut |slice| {
+                let service = labels::slice_service(&slice)
+                    .unwrap_or_default()
+                    .to_string();
+                Planned::new(slice, &self.shared.slices, service)
             },
         )
     }
@@ -485,7 +498,7 @@ impl LinkReconciler {
 
     /// One pass: desired vs. what exists, the difference written, status updated.
     async fn reconcile(&mut self) {
-        let desired = self.compute();
+        let mut desired = self.compute();
         let members: Vec<(ObjKey, Option<String>)> = desired
             .federated
             .iter()
@@ -506,7 +519,7 @@ impl LinkReconciler {
         let mut blocked: BTreeSet<ObjKey> = BTreeSet::new();
         let ns_exists = |ns: &str| self.shared.namespaces.get(&ObjectRef::new(ns)).is_some();
 
-        for (key, svc) in &desired.services {
+        for (key, planned) in &mut desired.services {
             let (ns, name) = key;
             if !ns_exists(ns) {
                 troubles.push(trouble(
@@ -532,27 +545,22 @@ impl LinkReconciler {
                 blocked.insert(key.clone());
                 continue;
             }
-            let (obj, hash) = with_hash(svc.clone());
-            let same = live.as_deref().and_then(applied_hash) == Some(hash.as_str());
-            if !same && !self.recently(false, key, &hash) {
-                ops.push((hash, Op::ApplyService(Box::new(obj))));
+            if let Some(obj) = planned.write.take()
+                && !self.recently(false, key, &planned.hash)
+            {
+                ops.push((planned.hash.clone(), Op::ApplyService(obj)));
             }
         }
         self.conflicts_reported
             .retain(|k| troubles.iter().any(|t| t.namespace == k.0 && t.name == k.1));
-        for (key, slice) in &desired.slices {
-            let svc = labels::slice_service(slice).unwrap_or_default();
-            if blocked.contains(&(key.0.clone(), svc.to_string())) {
+        for (key, planned) in &mut desired.slices {
+            if blocked.contains(&(key.0.clone(), planned.about.clone())) {
                 continue;
             }
-            let (obj, hash) = with_hash(slice.clone());
-            let live = self
-                .shared
-                .slices
-                .get(&ObjectRef::new(&key.1).within(&key.0));
-            let same = live.as_deref().and_then(applied_hash) == Some(hash.as_str());
-            if !same && !self.recently(true, key, &hash) {
-                ops.push((hash, Op::ApplySlice(Box::new(obj))));
+            if let Some(obj) = planned.write.take()
+                && !self.recently(true, key, &planned.hash)
+            {
+                ops.push((planned.hash.clone(), Op::ApplySlice(obj)));
             }
         }
         // Orphans: what this Link owns here and no longer wants.
@@ -656,26 +664,75 @@ impl LinkReconciler {
 
 /// Counts of what is mirrored: the desired mirrors less those in trouble.
 fn mirrored_counts(
-    desired: &Desired,
+    desired: &Desired<PlannedService, PlannedSlice>,
     troubles: &[MirrorTrouble],
 ) -> crate::k8s::link::MirroredServices {
     let mut counts = desired.counts.clone();
     for t in troubles {
-        let Some(svc) = desired.services.get(&(t.namespace.clone(), t.name.clone())) else {
+        let Some(planned) = desired.services.get(&(t.namespace.clone(), t.name.clone())) else {
             continue;
         };
-        let l = svc.metadata.labels.as_ref();
-        let has = |k: &str| l.is_some_and(|l| l.contains_key(k));
-        let n = if has(labels::MC_REMOTE_DISCOVERY) {
-            &mut counts.remote_discovery
-        } else if has(labels::HEADLESS_MIRROR_SVC_NAME) {
-            &mut counts.headless_endpoints
-        } else {
-            &mut counts.gateway
+        let n = match planned.about {
+            Counted::RemoteDiscovery => &mut counts.remote_discovery,
+            Counted::HeadlessEndpoint => &mut counts.headless_endpoints,
+            Counted::Gateway => &mut counts.gateway,
         };
         *n = n.saturating_sub(1);
     }
     counts
+}
+
+/// One desired object as a reconcile pass keeps it: the hash of its content, what the pass
+/// needs to know about it (`about`), and the object itself only when what exists locally
+/// carries another hash. Unchanged objects are dropped as soon as they are made.
+/// `about` is what the pass needs to know beyond that: a Service's count in the Link's
+/// status, an EndpointSlice's Service (whose trouble blocks the slice's writes).
+struct Planned<K, A> {
+    hash: String,
+    about: A,
+    write: Option<Box<K>>,
+}
+
+/// A planned mirror Service.
+type PlannedService = Planned<Service, Counted>;
+/// A planned mirror EndpointSlice, with the name of its Service.
+type PlannedSlice = Planned<EndpointSlice, String>;
+
+impl<K, A> Planned<K, A>
+where
+    K: Resource<DynamicType = ()> + serde::Serialize + Clone,
+{
+    fn new(obj: K, live: &Store<K>, about: A) -> Self {
+        let (obj, hash) = with_hash(obj);
+        let live = live.get(&ObjectRef::from_obj(&obj));
+        let same = live.as_deref().and_then(applied_hash) == Some(hash.as_str());
+        Planned {
+            hash,
+            about,
+            write: (!same).then(|| Box::new(obj)),
+        }
+    }
+}
+
+/// Which of the Link's status counts a mirror Service is in.
+#[derive(Clone, Copy, Debug)]
+enum Counted {
+    RemoteDiscovery,
+    HeadlessEndpoint,
+    Gateway,
+}
+
+impl Counted {
+    fn of(svc: &Service) -> Self {
+        let has = |k: &str| svc.labels().contains_key(k);
+        if has(labels::MC_REMOTE_DISCOVERY) {
+            Counted::RemoteDiscovery
+        } else if has(labels::HEADLESS_MIRROR_SVC_NAME) {
+            Counted::HeadlessEndpoint
+        } else {
+            Counted::Gateway
+        }
+    }
 }
 
 fn trouble(key: &ObjKey, reason: &str, message: String) -> MirrorTrouble {
