@@ -25,7 +25,7 @@ use super::{
     convert,
     framing::{self, MessageBody, MessageSender, SendError},
     profile,
-    shared::{EncodedDelta, EncodedUpdates, SharedDeltas, UpdateKind},
+    shared::{EncodedDelta, EncodedUpdates, SharedDeltas, SharedSnapshots, UpdateKind},
 };
 use crate::{
     metrics::{Metrics, RpcLabels, UpdateLabels},
@@ -62,6 +62,7 @@ pub struct DestinationService {
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     shared: Arc<SharedDeltas>,
+    snapshots: Arc<SharedSnapshots>,
     /// Requests whose message is being read now.
     pending: Arc<AtomicUsize>,
 }
@@ -86,6 +87,7 @@ impl DestinationService {
             metrics,
             shutdown,
             shared: Arc::default(),
+            snapshots: Arc::default(),
             pending: Arc::default(),
         }
     }
@@ -191,6 +193,7 @@ impl DestinationService {
             metrics: Arc::clone(&self.metrics),
             local_cluster: self.resolver.local_cluster_name(),
             shared: Arc::clone(&self.shared),
+            snapshots: Arc::clone(&self.snapshots),
             deadline: call.deadline,
         };
         // Debug level: a span entered on every poll of every stream costs at scale.
@@ -324,6 +327,7 @@ struct EndpointTask {
     metrics: Arc<Metrics>,
     local_cluster: Arc<str>,
     shared: Arc<SharedDeltas>,
+    snapshots: Arc<SharedSnapshots>,
     deadline: Option<Instant>,
 }
 
@@ -462,18 +466,32 @@ impl EndpointTask {
                 framing::encode(&convert::no_endpoints(false)),
             )])),
             _ => {
-                let update = convert::full_update(
-                    set.exists,
-                    view,
-                    &set.labels,
-                    &self.client,
-                    &self.local_cluster,
-                );
-                let kind = match update.update {
-                    Some(update::Update::Add(_)) => UpdateKind::Add,
-                    _ => UpdateKind::NoEndpoints,
+                let encode = || {
+                    let update = convert::full_update(
+                        set.exists,
+                        view,
+                        &set.labels,
+                        &self.client,
+                        &self.local_cluster,
+                    );
+                    let kind = match update.update {
+                        Some(update::Update::Add(_)) => UpdateKind::Add,
+                        _ => UpdateKind::NoEndpoints,
+                    };
+                    vec![(kind, framing::encode(&update))]
                 };
-                Arc::new(EncodedUpdates::join(vec![(kind, framing::encode(&update))]))
+                // The whole unfiltered set is the same message for every caller in the
+                // same zone: streams opening together share one encoding.
+                if unfiltered && !view.is_empty() {
+                    self.snapshots.get_or_encode(
+                        view,
+                        &set.labels,
+                        self.client.zone.as_ref(),
+                        encode,
+                    )
+                } else {
+                    Arc::new(EncodedUpdates::join(encode()))
+                }
             }
         }
     }

@@ -110,6 +110,8 @@ pub struct ClusterIndex {
     profiles: profiles::ProfileState,
     /// While a relist is applied: what to republish once it is whole.
     deferred: Option<Deferred>,
+    /// Pods of a relist under way, read as they came (see [`ClusterIndex::stage_pods`]).
+    pod_relist: Option<Vec<PodInfo>>,
 }
 
 /// Lookups to republish at the end of a batch, so a relist reaches readers as one change
@@ -145,6 +147,7 @@ impl ClusterIndex {
             pod_watches: HashMap::new(),
             profiles: profiles::ProfileState::default(),
             deferred: None,
+            pod_relist: None,
         }
     }
 
@@ -455,9 +458,12 @@ impl ClusterIndex {
 
     /// Adds or updates a Pod.
     pub fn apply_pod(&mut self, pod: &Pod) {
-        let Some(info) = PodInfo::from_k8s(pod, &self.config, &mut self.interner) else {
-            return;
-        };
+        if let Some(info) = PodInfo::from_k8s(pod, &self.config, &mut self.interner) {
+            self.apply_pod_info(info);
+        }
+    }
+
+    fn apply_pod_info(&mut self, info: PodInfo) {
         let key = Arc::clone(&info.key);
         if self.pods.get(&key).is_some_and(|p| **p == info) {
             return;
@@ -474,10 +480,30 @@ impl ClusterIndex {
         }
     }
 
-    /// Replaces every Pod with `pods`; pods in both the old and the new list stay known
-    /// throughout, so their endpoints keep their identities.
+    /// Begins a relist of Pods: what [`ClusterIndex::stage_pods`] reads from here on
+    /// (and nothing read before) replaces the Pods at [`ClusterIndex::reset_pods`].
+    pub fn begin_pod_relist(&mut self) {
+        self.pod_relist = Some(Vec::new());
+    }
+
+    /// Reads part of a relist of Pods into the index's own form and keeps it aside; the
+    /// index serves its old Pods until the relist ends. A list of 100,000 Pods is then
+    /// never held as Pod objects, which are kilobytes each even when trimmed.
+    pub fn stage_pods(&mut self, pods: &[Pod]) {
+        let staged = self.pod_relist.get_or_insert_default();
+        staged.extend(
+            pods.iter()
+                .filter_map(|p| PodInfo::from_k8s(p, &self.config, &mut self.interner)),
+        );
+    }
+
+    /// Replaces every Pod with those staged since the relist began and `pods`; pods in
+    /// both the old and the new list stay known throughout, so their endpoints keep their
+    /// identities.
     pub fn reset_pods(&mut self, pods: &[Pod]) {
-        let keep: HashSet<PodRef> = pods.iter().filter_map(pod::pod_ref).collect();
+        self.stage_pods(pods);
+        let pods = self.pod_relist.take().unwrap_or_default();
+        let keep: HashSet<PodRef> = pods.iter().map(|p| Arc::clone(&p.key)).collect();
         let gone: Vec<PodRef> = self
             .pods
             .keys()
@@ -491,7 +517,7 @@ impl ClusterIndex {
                 }
             }
             for p in pods {
-                index.apply_pod(p);
+                index.apply_pod_info(p);
             }
         });
     }

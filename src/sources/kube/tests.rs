@@ -272,7 +272,10 @@ fn pods_are_deleted_by_name() {
 #[test]
 fn objects_are_trimmed_before_they_are_held() {
     let mut buffer = EventBuffer::<Pod>::default();
-    assert!(buffer.push(Event::Init).is_none());
+    assert!(matches!(
+        buffer.push(Event::Init),
+        Some(Change::BeginRelist)
+    ));
     assert!(buffer.push(Event::InitApply(mk_full_pod())).is_none());
     match buffer.push(Event::InitDone) {
         Some(Change::Reset(pods)) => {
@@ -281,6 +284,47 @@ fn objects_are_trimmed_before_they_are_held() {
         }
         other => panic!("expected a reset, got {other:?}"),
     }
+}
+
+fn mk_named_pod(name: &str) -> Pod {
+    let mut pod = mk_full_pod();
+    pod.metadata.name = Some(name.to_string());
+    pod
+}
+
+#[test]
+fn a_pod_relist_is_staged_in_parts_and_replaces_the_pods_only_when_whole() {
+    let mut index = ClusterIndex::new(mk_config());
+    let mut buffer = EventBuffer::<Pod>::default();
+    feed(&mut index, &mut buffer, [Event::Apply(mk_named_pod("old"))]);
+    // A relist that breaks off after two parts were staged, then a whole one.
+    let mut broken = vec![Event::Init];
+    broken.extend((0..600).map(|i| Event::InitApply(mk_named_pod(&format!("gone-{i}")))));
+    let mut staged = 0;
+    for e in broken {
+        if let Some(change) = buffer.push(e) {
+            staged += usize::from(matches!(change, Change::Stage(ref p) if p.len() == 256));
+            change.apply_to(&mut index);
+        }
+    }
+    assert_eq!(
+        staged, 2,
+        "600 pods are handed over as two parts of 256 (and 88 held)"
+    );
+    assert_eq!(
+        index.counts().pods,
+        1,
+        "the old pods serve while the relist is under way"
+    );
+    let mut whole = vec![Event::Init];
+    whole.extend((0..300).map(|i| Event::InitApply(mk_named_pod(&format!("new-{i}")))));
+    whole.push(Event::InitDone);
+    assert_eq!(feed(&mut index, &mut buffer, whole), 1);
+    assert_eq!(
+        index.counts().pods,
+        300,
+        "exactly the whole relist: not the old pod, nothing of the broken one"
+    );
 }
 
 #[test]
