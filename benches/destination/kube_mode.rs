@@ -165,10 +165,13 @@ impl Finished {
     }
 
     /// Latency of each change to each stream of its service, to the last of them, the
-    /// API server's acknowledgement, and the deliveries that never happened.
+    /// API server's acknowledgement, the time from that acknowledgement to each stream (the
+    /// destination server's share, roughly; negative when a watch event beat the
+    /// response), and the deliveries that never happened.
     fn timing(&self, changes: &[Change]) -> Value {
         let by_id: HashMap<u32, &Change> = changes.iter().map(|c| (c.id, c)).collect();
         let mut each = Vec::new();
+        let mut after_ack = Vec::new();
         let mut last: BTreeMap<u32, u128> = BTreeMap::new();
         let mut expected: HashMap<usize, usize> = HashMap::new();
         let mut missed = 0usize;
@@ -185,6 +188,7 @@ impl Finished {
             for (id, at) in &seen {
                 if let Some(c) = by_id.get(id) {
                     each.push(ms(*at as i128 - c.sent as i128));
+                    after_ack.push(ms(*at as i128 - c.acked as i128));
                     let l = last.entry(*id).or_default();
                     *l = (*l).max(*at);
                 }
@@ -215,6 +219,7 @@ impl Finished {
             "latency_ms": percentiles(each),
             "to_last_stream_ms": percentiles(to_last),
             "api_ack_ms": percentiles(ack),
+            "after_ack_ms": percentiles(after_ack),
             "updates_received": n,
             "deliveries_expected": deliveries,
             "deliveries_missed": missed,

@@ -24,30 +24,22 @@ pub trait Slim {
 }
 
 fn slim_meta(meta: &mut ObjectMeta) {
-    let ObjectMeta {
-        name,
-        namespace,
-        labels,
-        annotations,
-        resource_version,
-        uid,
-        deletion_timestamp,
-        ..
-    } = std::mem::take(meta);
-    let annotations = annotations
+    let m = std::mem::take(meta);
+    let annotations = m
+        .annotations
         .map(|mut a| {
             a.remove(LAST_APPLIED);
             a
         })
         .filter(|a| !a.is_empty());
     *meta = ObjectMeta {
-        name,
-        namespace,
-        labels,
+        name: m.name,
+        namespace: m.namespace,
+        labels: m.labels,
         annotations,
-        resource_version,
-        uid,
-        deletion_timestamp,
+        resource_version: m.resource_version,
+        uid: m.uid,
+        deletion_timestamp: m.deletion_timestamp,
         ..ObjectMeta::default()
     };
 }
