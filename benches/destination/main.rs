@@ -379,9 +379,11 @@ async fn rollout(size: Size, to: usize, steps: usize, interval: Duration) -> Res
         "from": size.endpoints,
         "to": to,
         "steps": steps,
+        "streams": size.streams,
         "all_converged": all,
         "converged_streams": after_last.len(),
-        "every_stream_converged_after_last_step_ms": round(worst),
+        // Only when every stream converged: the latest of some is no figure of all.
+        "every_stream_converged_after_last_step_ms": all.then(|| round(worst)),
         "convergence_after_last_step_ms": percentiles(after_last),
     }))
 }
@@ -815,6 +817,11 @@ fn print_table(report: &Value) {
                     get(v, "/updates_per_s"),
                     get(v, "/deliveries_missed"),
                     get(v, "/peak_rss_mib")
+                ),
+                "rollout" if v.pointer("/all_converged") == Some(&json!(false)) => format!(
+                    "only {} of {} streams converged",
+                    get(v, "/converged_streams"),
+                    get(v, "/streams"),
                 ),
                 "rollout" => format!(
                     "every stream converged {} ms after the last step",
