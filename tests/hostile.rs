@@ -11,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 use support::{
-    WAIT, free_port, http_get, next,
+    WAIT, free_port, http_get, next, try_get,
     world::{PodOpts, docs, pod, service},
 };
 use tokio::{io::AsyncReadExt, net::TcpStream, process::Child};
@@ -68,7 +68,9 @@ impl Binary {
         });
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if TcpStream::connect(admin).await.is_ok() && http_get(admin, "/ready").await.0 == 200 {
+            // A refused or unanswered probe while the child starts is not yet an answer: try
+            // again (a bare connect can even succeed against the client's own port).
+            if let Ok((200, _)) = try_get(admin, "/ready", Duration::from_secs(1)).await {
                 break;
             }
             assert!(Instant::now() < deadline, "meshlink did not become ready");
