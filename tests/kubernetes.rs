@@ -29,7 +29,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams},
 };
 use meshlink::{
     k8s::{
@@ -369,17 +369,7 @@ async fn pod(c: &Client, ns: &str, name: &str, ip: &str) {
                 {"name": "linkerd-proxy", "image": "proxy:1"}]}}),
     )
     .await;
-    // Nothing runs here to report status: patch it as a kubelet would.
-    Api::<Pod>::namespaced(c.clone(), ns)
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {
-                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                "conditions": [{"type": "Ready", "status": "True"}]}})),
-        )
-        .await
-        .expect("patch pod status");
+    report_running(c, ns, name, ip).await;
 }
 
 async fn delete_pod(c: &Client, ns: &str, name: &str) {

@@ -21,8 +21,9 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams},
 };
+use linkerd2_proxy_api::destination as pb;
 use meshlink::{
     k8s::link::{Link, LinkTarget},
     runtime::{
@@ -32,7 +33,7 @@ use meshlink::{
     },
 };
 use serde_json::json;
-use support::{TestServer, addr_of, identity, next};
+use support::{TestServer, addr_of, identity};
 
 const GATEWAY_ID: &str =
     "linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.west.example";
@@ -521,24 +522,35 @@ async fn start_serve(w: &World) -> TestServer {
 }
 
 async fn serve_resolves_gateway_mirror(w: &World, server: &TestServer) {
+    let gw = gateway_endpoint(w, server, "web-west", "web.shop.svc.cluster.local:8080").await;
+    assert_eq!(addr_of(&gw).to_string(), format!("{}:4143", w.gateway_ip));
+}
+
+/// Streams `<mirror>.shop.svc.cluster.local:8080` until it holds the gateway's endpoint
+/// (which has an identity, so `converge` also waits for it), and checks the gateway's
+/// identity and the authority override to the remote service `remote`.
+async fn gateway_endpoint(
+    w: &World,
+    server: &TestServer,
+    mirror: &'static str,
+    remote: &str,
+) -> pb::WeightedAddr {
     let stream = server
-        .get("web-west.shop.svc.cluster.local:8080")
+        .get(&format!("{mirror}.shop.svc.cluster.local:8080"))
         .await
-        .expect("Get web-west");
-    let mut tracked = Tracked::new("web-west", stream);
+        .unwrap_or_else(|e| panic!("Get {mirror}: {e}"));
+    let mut tracked = Tracked::new(mirror, stream);
     let want = format!("{}:4143", w.gateway_ip);
-    // The gateway endpoint has an identity, so `converge` also waits for it.
     tracked.converge(&[want.as_str()]).await;
-    let gw = tracked.get(&want);
-    assert_eq!(identity(gw).as_deref(), Some(GATEWAY_ID));
+    let gw = tracked.get(&want).clone();
+    assert_eq!(identity(&gw).as_deref(), Some(GATEWAY_ID));
     assert_eq!(
         gw.authority_override
             .as_ref()
             .map(|o| o.authority_override.as_str()),
-        Some("web.shop.svc.cluster.local:8080")
+        Some(remote)
     );
-    assert_eq!(addr_of(gw).to_string(), want);
-    let _ = next::<()>;
+    gw
 }
 
 async fn export_remote_discovery(w: &World) {
@@ -994,16 +1006,7 @@ async fn meshed_pod(c: &Client, ns: &str, name: &str, sa: &str, ip: &str) {
                 {"name": "linkerd-proxy", "image": "proxy:1"}]}}),
     )
     .await;
-    Api::<Pod>::namespaced(c.clone(), ns)
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {
-                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                "conditions": [{"type": "Ready", "status": "True"}]}})),
-        )
-        .await
-        .expect("patch pod status");
+    report_running(c, ns, name, ip).await;
 }
 
 /// The EndpointSlice of `svc` with the pods `(name, ip)` as ready endpoints on `port`.
@@ -1053,21 +1056,7 @@ async fn serve_streams_remote_discovery(w: &World, serve: &TestServer) {
 }
 
 async fn serve_resolves_headless_host(w: &World, serve: &TestServer) {
-    let stream = serve
-        .get("db-0-west.shop.svc.cluster.local:8080")
-        .await
-        .expect("Get db-0-west");
-    let mut tracked = Tracked::new("db-0-west", stream);
-    let want = format!("{}:4143", w.gateway_ip);
-    tracked.converge(&[want.as_str()]).await;
-    let gw = tracked.get(&want);
-    assert_eq!(identity(gw).as_deref(), Some(GATEWAY_ID));
-    assert_eq!(
-        gw.authority_override
-            .as_ref()
-            .map(|o| o.authority_override.as_str()),
-        Some("db-0.db.shop.svc.cluster.local:8080")
-    );
+    gateway_endpoint(w, serve, "db-0-west", "db-0.db.shop.svc.cluster.local:8080").await;
 }
 
 async fn bad_input(w: &World) {

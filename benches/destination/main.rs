@@ -21,7 +21,10 @@ mod failover;
 mod kube_mode;
 mod kube_world;
 mod proc;
+mod stats;
 mod world;
+
+use stats::{percentiles, round};
 
 use std::{
     collections::BTreeMap,
@@ -118,20 +121,6 @@ impl Server {
         let _ = self.command("quit").await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
     }
-}
-
-/// Percentiles of a list of durations in milliseconds.
-fn percentiles(mut v: Vec<f64>) -> Value {
-    if v.is_empty() {
-        return json!(null);
-    }
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    json!({"p50": round(at(0.5)), "p99": round(at(0.99)), "max": round(at(1.0)), "n": v.len()})
-}
-
-fn round(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 fn ms(nanos: i128) -> f64 {

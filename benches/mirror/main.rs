@@ -12,9 +12,15 @@
 //! ```
 
 mod audit;
+// Shared with the destination benchmark, which uses all of them.
 #[path = "../../tests/mirror_support/netns.rs"]
 #[allow(dead_code)]
 mod netns;
+#[allow(dead_code)]
+#[path = "../destination/proc.rs"]
+mod proc;
+#[path = "../destination/stats.rs"]
+mod stats;
 mod world;
 
 use std::{
@@ -43,6 +49,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use audit::{AuditLog, MIRROR_USER, Requests};
+use stats::{percentiles, round};
 use world::{Exported, WorldSpec};
 
 const CLUSTER: &str = "west";
@@ -359,26 +366,8 @@ impl MirrorProcess {
 
     /// (VmRSS, VmHWM) in KiB, and CPU seconds (user + system).
     fn usage(&self) -> (u64, u64, f64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // Fields after the command name; utime and stime are the 14th and 15th.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        (
-            field("VmRSS:"),
-            field("VmHWM:"),
-            (ticks(11) + ticks(12)) as f64 / 100.0,
-        )
+        let (rss, hwm) = proc::rss_kib(self.pid);
+        (rss, hwm, proc::cpu_seconds(self.pid))
     }
 
     async fn stop(mut self) {
@@ -415,20 +404,6 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String
         .await
         .ok()
         .flatten()
-}
-
-/// p50/p99/max of durations in milliseconds.
-fn percentiles(mut v: Vec<f64>) -> Value {
-    if v.is_empty() {
-        return json!(null);
-    }
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    json!({"p50": round(at(0.5)), "p99": round(at(0.99)), "max": round(at(1.0)), "n": v.len()})
-}
-
-fn round(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 fn requests_json(r: &Requests) -> Value {

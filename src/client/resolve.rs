@@ -448,6 +448,7 @@ fn write_rows<const N: usize>(out: &mut impl Write, rows: &[[String; N]]) -> Res
 
 /// A request condition as text, e.g. `GET && path ~ /books`.
 fn request_text(m: &pb::RequestMatch) -> String {
+    use crate::proto::io::linkerd::proxy::http_types::http_method::{Registered, Type};
     use pb::request_match::Match;
     let join = |ms: &[pb::RequestMatch], op: &str| {
         let parts: Vec<String> = ms.iter().map(request_text).collect();
@@ -459,15 +460,9 @@ fn request_text(m: &pb::RequestMatch) -> String {
         Some(Match::Not(inner)) => format!("!{}", request_text(inner)),
         Some(Match::Path(p)) => format!("path ~ {}", p.regex),
         Some(Match::Method(method)) => match &method.r#type {
-            Some(crate::proto::io::linkerd::proxy::http_types::http_method::Type::Registered(
-                r,
-            )) => {
-                crate::proto::io::linkerd::proxy::http_types::http_method::Registered::try_from(*r)
-                    .map_or_else(|_| format!("method {r}"), |r| r.as_str_name().to_string())
-            }
-            Some(
-                crate::proto::io::linkerd::proxy::http_types::http_method::Type::Unregistered(s),
-            ) => s.clone(),
+            Some(Type::Registered(r)) => Registered::try_from(*r)
+                .map_or_else(|_| format!("method {r}"), |r| r.as_str_name().to_string()),
+            Some(Type::Unregistered(s)) => s.clone(),
             None => "?".into(),
         },
         None => "?".into(),

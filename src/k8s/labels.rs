@@ -1,5 +1,8 @@
 //! Label and annotation keys, and the values that carry meaning.
 
+/// Annotation `kubectl apply` writes: a copy of the whole object. Never read, never mirrored,
+/// dropped before objects are held.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// Pod label: the namespace of the control plane that injected the pod's proxy.
 pub const CONTROL_PLANE_NS: &str = "linkerd.io/control-plane-ns";
 /// Pod annotation: inbound ports the proxy does not intercept.

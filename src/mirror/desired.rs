@@ -563,7 +563,7 @@ fn mirror_service(link: &LinkConfig, svc: &Service, mode: Mode, headless: bool) 
         .flatten()
         .filter(|(k, _)| !LinkConfig::excluded(&link.excluded_annotations, k))
         .filter(|(k, _)| !k.starts_with(labels::MESHLINK_PREFIX))
-        .filter(|(k, _)| *k != "kubectl.kubernetes.io/last-applied-configuration")
+        .filter(|(k, _)| *k != labels::LAST_APPLIED)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     a.insert(

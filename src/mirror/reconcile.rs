@@ -499,6 +499,25 @@ impl LinkReconciler {
     /// One pass: desired vs. what exists, the difference written, status updated.
     async fn reconcile(&mut self) {
         let mut desired = self.compute();
+        self.publish_federated(&desired);
+        let mut troubles: Vec<MirrorTrouble> = Vec::new();
+        let mut ops = self.plan_services(&mut desired, &mut troubles).await;
+        let blocked: BTreeSet<ObjKey> = troubles
+            .iter()
+            .map(|t| (t.namespace.clone(), t.name.clone()))
+            .collect();
+        ops.extend(self.plan_slices(&mut desired, &blocked));
+        ops.extend(self.orphans(&desired));
+        if !ops.is_empty() {
+            tracing::debug!(link = %self.cfg.name, writes = ops.len(), "reconciling");
+        }
+        let results = self.write_all(ops).await;
+        self.record(results, &mut troubles);
+        self.report(&desired, troubles).await;
+    }
+
+    /// Hands the Link's federated members to the federated mirror when they changed.
+    fn publish_federated(&mut self, desired: &Desired<PlannedService, PlannedSlice>) {
         let members: Vec<(ObjKey, Option<String>)> = desired
             .federated
             .iter()
@@ -514,20 +533,24 @@ impl LinkReconciler {
             );
             self.published = Some(members);
         }
-        let mut troubles: Vec<MirrorTrouble> = Vec::new();
-        let mut ops = Vec::new();
-        let mut blocked: BTreeSet<ObjKey> = BTreeSet::new();
-        let ns_exists = |ns: &str| self.shared.namespaces.get(&ObjectRef::new(ns)).is_some();
+    }
 
+    /// The mirror Services to write. A Service whose namespace is missing or whose name a
+    /// Service of someone else's holds is left out, with its trouble.
+    async fn plan_services(
+        &mut self,
+        desired: &mut Desired<PlannedService, PlannedSlice>,
+        troubles: &mut Vec<MirrorTrouble>,
+    ) -> Vec<(String, Op)> {
+        let mut ops = Vec::new();
         for (key, planned) in &mut desired.services {
             let (ns, name) = key;
-            if !ns_exists(ns) {
+            if self.shared.namespaces.get(&ObjectRef::new(ns)).is_none() {
                 troubles.push(trouble(
                     key,
                     "NamespaceMissing",
                     format!("namespace {ns} does not exist here; {name} is mirrored once it does"),
                 ));
-                blocked.insert(key.clone());
                 continue;
             }
             let live = self.shared.services.get(&ObjectRef::new(name).within(ns));
@@ -542,7 +565,6 @@ impl LinkReconciler {
                     self.publish_conflict(&message).await;
                 }
                 troubles.push(trouble(key, "Conflict", message));
-                blocked.insert(key.clone());
                 continue;
             }
             if let Some(obj) = planned.write.take()
@@ -553,6 +575,16 @@ impl LinkReconciler {
         }
         self.conflicts_reported
             .retain(|k| troubles.iter().any(|t| t.namespace == k.0 && t.name == k.1));
+        ops
+    }
+
+    /// The mirror EndpointSlices to write, but none of a `blocked` Service.
+    fn plan_slices(
+        &self,
+        desired: &mut Desired<PlannedService, PlannedSlice>,
+        blocked: &BTreeSet<ObjKey>,
+    ) -> Vec<(String, Op)> {
+        let mut ops = Vec::new();
         for (key, planned) in &mut desired.slices {
             if blocked.contains(&(key.0.clone(), planned.about.clone())) {
                 continue;
@@ -563,7 +595,12 @@ impl LinkReconciler {
                 ops.push((planned.hash.clone(), Op::ApplySlice(obj)));
             }
         }
-        // Orphans: what this Link owns here and no longer wants.
+        ops
+    }
+
+    /// Deletes of what this Link owns here and no longer wants.
+    fn orphans(&self, desired: &Desired<PlannedService, PlannedSlice>) -> Vec<(String, Op)> {
+        let mut ops = Vec::new();
         for live in self.shared.services.state() {
             let key = key_of(&*live);
             if owned_by(&self.cfg, &*live)
@@ -582,11 +619,12 @@ impl LinkReconciler {
                 ops.push((String::new(), Op::DeleteSlice(key)));
             }
         }
+        ops
+    }
 
-        if !ops.is_empty() {
-            tracing::debug!(link = %self.cfg.name, writes = ops.len(), "reconciling");
-        }
-        let results = self.write_all(ops).await;
+    /// Remembers what was written (trusted until the watch shows it) and turns failed
+    /// writes into troubles.
+    fn record(&mut self, results: Vec<WriteResult>, troubles: &mut Vec<MirrorTrouble>) {
         for (slice, key, hash, result) in results {
             match result {
                 Ok(()) => {
@@ -602,13 +640,20 @@ impl LinkReconciler {
             }
         }
         self.recent.retain(|_, (_, at)| at.elapsed() < WATCH_LAG);
+    }
+
+    /// Counts what is mirrored into the metrics and writes the Link's status.
+    async fn report(
+        &mut self,
+        desired: &Desired<PlannedService, PlannedSlice>,
+        mut troubles: Vec<MirrorTrouble>,
+    ) {
         troubles.sort();
         troubles.dedup();
-        let counts = mirrored_counts(&desired, &troubles);
+        let counts = mirrored_counts(desired, &troubles);
         self.shared
             .metrics
             .set_counts(&self.cfg.name, &counts, troubles.len());
-
         let st = status::build(
             &self.link,
             self.last_status.as_ref(),
@@ -639,10 +684,7 @@ impl LinkReconciler {
     }
 
     /// Sends the writes, a bounded number at a time across all Links.
-    async fn write_all(
-        &self,
-        ops: Vec<(String, Op)>,
-    ) -> Vec<(bool, ObjKey, String, Result<(), (WriteError, String)>)> {
+    async fn write_all(&self, ops: Vec<(String, Op)>) -> Vec<WriteResult> {
         let shared = &self.shared;
         let link = self.cfg.name.as_str();
         futures::stream::iter(ops)
@@ -661,6 +703,9 @@ impl LinkReconciler {
             .await
     }
 }
+
+/// One write's outcome: whether a slice, its key, the hash written, and the result.
+type WriteResult = (bool, ObjKey, String, Result<(), (WriteError, String)>);
 
 /// Counts of what is mirrored: the desired mirrors less those in trouble.
 fn mirrored_counts(

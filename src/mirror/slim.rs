@@ -14,8 +14,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-/// An annotation `kubectl apply` writes: a copy of the whole object, never mirrored.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+use crate::k8s::labels::LAST_APPLIED;
 
 /// A watched kind the mirror can cut down to what it reads.
 pub trait Slim {

@@ -13,7 +13,7 @@ use std::{
 
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::ServiceAccount,
+    core::v1::{Pod, ServiceAccount},
 };
 use kube::{
     Api, Client,
@@ -290,6 +290,20 @@ pub async fn apply<K: DeserializeOwned>(client: &Client, value: serde_json::Valu
     let _: K = serde_json::from_value(value.clone()).expect("object JSON");
     let obj: DynamicObject = serde_json::from_value(value).expect("object JSON");
     apply_dynamic(client, obj).await;
+}
+
+/// Reports a Pod Running and Ready at `ip`, as a kubelet would (nothing runs pods here).
+pub async fn report_running(c: &Client, ns: &str, name: &str, ip: &str) {
+    Api::<Pod>::namespaced(c.clone(), ns)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {
+                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                "conditions": [{"type": "Ready", "status": "True"}]}})),
+        )
+        .await
+        .expect("patch pod status");
 }
 
 /// A `Get` stream and the endpoint set its updates add up to.

@@ -11,9 +11,6 @@ use crate::{
     sources::profile::parse_profile,
 };
 
-/// Annotation `kubectl apply` writes: a copy of the whole object, never read by the index.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 /// A resource kind the index reads, with its `apply_*`/`delete_*`/`reset_*`.
 pub trait Indexed:
     kube::Resource<DynamicType = ()>
@@ -56,7 +53,7 @@ fn name_of(meta: &ObjectMeta) -> (&str, &str) {
 fn trim_meta(mut meta: ObjectMeta) -> ObjectMeta {
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
-        a.remove(LAST_APPLIED);
+        a.remove(labels::LAST_APPLIED);
     }
     meta
 }
