@@ -258,11 +258,18 @@ fn unsupported_media_type() -> http::Response<tonic::body::Body> {
 /// update's cost. So the connection says it does not write vectored, and writes that
 /// h2 makes one after the other (its buffer, then a large payload) are kept here and go
 /// out together in one `writev`, at the latest on flush.
+///
+/// A flush is also put off once, behind the tasks already waiting to run: a change
+/// wakes every stream of the connection, and each stream's frame woke the connection
+/// task to run right after it, so each flush carried one frame. Put off, the flush
+/// carries the frames of all the streams that ran in between.
 struct Preface<IO> {
     pending: &'static [u8],
     inner: IO,
     /// Bytes accepted from h2 and not yet written to the socket.
     out: BytesMut,
+    /// Whether the flush of the bytes kept now was already put off once.
+    flush_put_off: bool,
 }
 
 impl<IO> Preface<IO> {
@@ -271,6 +278,7 @@ impl<IO> Preface<IO> {
             pending: PREFACE,
             inner,
             out: BytesMut::new(),
+            flush_put_off: false,
         }
     }
 }
@@ -350,6 +358,14 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Preface<IO> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.out.is_empty() && !this.flush_put_off {
+            // Woken now, the task runs again after those already scheduled (tokio puts a
+            // task that woke itself at the back of its queue), and h2 flushes again then.
+            this.flush_put_off = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.flush_put_off = false;
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
