@@ -1,5 +1,11 @@
 //! The client side: a real gRPC client holding many `Get` streams over a few connections,
 //! recording when each change reaches each stream.
+//!
+//! `Get` updates are decoded into [`lean`] messages: the same wire messages, read only
+//! for the addresses the benchmark times. Client and server share the machine's two
+//! cores, and decoding every identity, hint and label a real proxy keeps was as much CPU
+//! as the server spent making the messages, so the client's own cost was in every
+//! latency measured.
 
 use std::{
     collections::HashSet,
@@ -11,12 +17,11 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use linkerd2_proxy_api::{
-    destination::{GetDestination, destination_client::DestinationClient, update},
-    net,
-};
+use linkerd2_proxy_api::destination::{GetDestination, destination_client::DestinationClient};
 use tokio::{sync::watch, task::JoinHandle};
 use tonic::transport::{Channel, Endpoint};
+
+use self::lean::update;
 
 use crate::world;
 
@@ -39,19 +44,54 @@ pub struct StreamRecord {
     pub error: Option<String>,
 }
 
+/// One HTTP/2 connection to a destination server.
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+}
+
+/// The largest message the client takes (a first snapshot of thousands of endpoints).
+const MAX_MESSAGE: usize = 64 << 20;
+
+impl Client {
+    /// The published client of the destination API on this connection.
+    pub fn destination(&self) -> DestinationClient<Channel> {
+        DestinationClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// A `Get` stream whose updates are decoded for their addresses only.
+    pub async fn get_lean(
+        &self,
+        req: GetDestination,
+    ) -> Result<tonic::Streaming<lean::Update>, tonic::Status> {
+        let mut grpc =
+            tonic::client::Grpc::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE);
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let path =
+            http::uri::PathAndQuery::from_static("/io.linkerd.proxy.destination.Destination/Get");
+        let codec = tonic_prost::ProstCodec::<GetDestination, lean::Update>::default();
+        let resp = grpc
+            .server_streaming(tonic::Request::new(req), path, codec)
+            .await?;
+        Ok(resp.into_inner())
+    }
+}
+
 /// Opens `connections` HTTP/2 connections to `addr`.
 pub async fn connect(
     addr: SocketAddr,
     connections: usize,
     stream_window: Option<u32>,
-) -> anyhow::Result<Vec<DestinationClient<Channel>>> {
+) -> anyhow::Result<Vec<Client>> {
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
         let channel = Endpoint::from_shared(format!("http://{addr}"))?
             .initial_stream_window_size(stream_window)
             .connect()
             .await?;
-        clients.push(DestinationClient::new(channel).max_decoding_message_size(64 << 20));
+        clients.push(Client { channel });
     }
     Ok(clients)
 }
@@ -81,7 +121,7 @@ pub struct Watch {
 
 /// Opens one stream per authority, spread over `clients`; `stalled(i)` streams never read.
 pub fn open_streams(
-    clients: &[DestinationClient<Channel>],
+    clients: &[Client],
     authorities: Vec<String>,
     watch: Watch,
     stalled: impl Fn(usize) -> bool,
@@ -90,16 +130,16 @@ pub fn open_streams(
         .into_iter()
         .enumerate()
         .map(|(i, authority)| {
-            let mut client = clients[i % clients.len()].clone();
+            let client = clients[i % clients.len()].clone();
             let watch = watch.clone();
             let stall = stalled(i);
-            tokio::spawn(async move { read_stream(&mut client, authority, watch, stall).await })
+            tokio::spawn(async move { read_stream(&client, authority, watch, stall).await })
         })
         .collect()
 }
 
 async fn read_stream(
-    client: &mut DestinationClient<Channel>,
+    client: &Client,
     authority: String,
     mut w: Watch,
     stall: bool,
@@ -110,8 +150,8 @@ async fn read_stream(
         path: authority,
         context_token: r#"{"ns":"bench","nodeName":"node-1"}"#.into(),
     };
-    let mut stream = match client.get(req).await {
-        Ok(r) => r.into_inner(),
+    let mut stream = match client.get_lean(req).await {
+        Ok(s) => s,
         Err(e) => {
             record.error = Some(e.to_string());
             return record;
@@ -122,10 +162,13 @@ async fn read_stream(
         return record;
     }
     let mut ids: HashSet<u32> = HashSet::new();
+    // Made once: a waiter registered and dropped per message showed in the client's profile.
+    let stopped = w.stop.wait_for(|s| *s);
+    tokio::pin!(stopped);
     loop {
         let msg = tokio::select! {
             m = stream.message() => m,
-            _ = w.stop.wait_for(|s| *s) => break,
+            _ = &mut stopped => break,
         };
         let at = now_nanos();
         let update = match msg {
@@ -173,10 +216,76 @@ async fn read_stream(
     record
 }
 
-fn id_of(a: &net::TcpAddress) -> Option<u32> {
-    match a.ip.as_ref()?.ip.as_ref()? {
-        net::ip_address::Ip::Ipv4(v4) => world::id_of(*v4),
-        _ => None,
+fn id_of(a: &lean::TcpAddress) -> Option<u32> {
+    world::id_of(a.ip.as_ref()?.ipv4?)
+}
+
+/// The destination API's `Update` as the benchmark reads it: the same field numbers as
+/// `destination.proto` and `net.proto`, with only the addresses kept; every other field
+/// is skipped by the decoder as unknown.
+pub mod lean {
+    /// `io.linkerd.proxy.destination.Update`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Update {
+        #[prost(oneof = "update::Update", tags = "1, 2, 3")]
+        pub update: Option<update::Update>,
+    }
+
+    pub mod update {
+        /// The `update` oneof.
+        #[derive(Clone, PartialEq, prost::Oneof)]
+        pub enum Update {
+            #[prost(message, tag = "1")]
+            Add(super::WeightedAddrSet),
+            #[prost(message, tag = "2")]
+            Remove(super::AddrSet),
+            #[prost(message, tag = "3")]
+            NoEndpoints(super::NoEndpoints),
+        }
+    }
+
+    /// `WeightedAddrSet`: its addresses, without the set's labels.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WeightedAddrSet {
+        #[prost(message, repeated, tag = "1")]
+        pub addrs: Vec<WeightedAddr>,
+    }
+
+    /// `WeightedAddr`: its address, without weight, labels, identity and hints.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WeightedAddr {
+        #[prost(message, optional, tag = "1")]
+        pub addr: Option<TcpAddress>,
+    }
+
+    /// `AddrSet`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AddrSet {
+        #[prost(message, repeated, tag = "1")]
+        pub addrs: Vec<TcpAddress>,
+    }
+
+    /// `NoEndpoints`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NoEndpoints {
+        #[prost(bool, tag = "1")]
+        pub exists: bool,
+    }
+
+    /// `io.linkerd.proxy.net.TcpAddress`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TcpAddress {
+        #[prost(message, optional, tag = "1")]
+        pub ip: Option<IpAddress>,
+        #[prost(uint32, tag = "2")]
+        pub port: u32,
+    }
+
+    /// `io.linkerd.proxy.net.IPAddress`, IPv4 only (the benchmark's worlds have no other).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct IpAddress {
+        #[prost(fixed32, optional, tag = "1")]
+        pub ipv4: Option<u32>,
     }
 }
 

@@ -79,7 +79,7 @@ pub async fn scenario(streams: usize, connections: usize, runs: usize) -> Result
     let (stop_tx, stop) = watch::channel(false);
     let mut tasks = Vec::with_capacity(streams);
     for i in 0..streams {
-        let mut c = clients[i % clients.len()].clone();
+        let mut c = clients[i % clients.len()].destination();
         let (state, firsts, mut stop) = (Arc::clone(&state), Arc::clone(&firsts), stop.clone());
         tasks.push(tokio::spawn(async move {
             let req = GetDestination {

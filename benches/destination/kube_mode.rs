@@ -234,13 +234,7 @@ async fn connect(
     m: usize,
     window: Option<u32>,
     limit: Duration,
-) -> Result<
-    Vec<
-        linkerd2_proxy_api::destination::destination_client::DestinationClient<
-            tonic::transport::Channel,
-        >,
-    >,
-> {
+) -> Result<Vec<client::Client>> {
     let deadline = Instant::now() + limit;
     loop {
         match client::connect(target, m, window).await {
