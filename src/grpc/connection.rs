@@ -2,20 +2,28 @@
 //!
 //! HTTP/2 cannot end a stream whose client grants it no flow-control window: the
 //! library holds the stream's last message until window arrives, so neither trailers nor
-//! RST_STREAM go out. A stalled stream still has its queued messages freed at the send
-//! timeout; a connection whose every response stream stalled is closed outright, which
-//! is what a client that stopped reading its socket gets.
+//! RST_STREAM go out. A stalled stream still has its queued messages (or its producer,
+//! see [`super::pulled`]) freed at the send timeout; a connection whose every response
+//! stream stalled is closed outright, which is what a client that stopped reading its
+//! socket gets.
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::pulled::PulledStream;
+
 /// The response streams open on one connection.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ConnectionStreams {
     counts: Mutex<Counts>,
     all_stalled: Notify,
+    /// The pulled streams, for the sweep; dropped streams are purged as it runs.
+    pulled: Mutex<Vec<Weak<PulledStream>>>,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +52,28 @@ impl ConnectionStreams {
         }
     }
 
+    /// Registers a pulled stream for [`Self::sweep`].
+    pub fn register(&self, stream: &Arc<PulledStream>) {
+        self.pulled.lock().push(Arc::downgrade(stream));
+    }
+
+    /// Ends every pulled stream that had something to send for `timeout` or longer
+    /// without its client making room for it.
+    pub fn sweep(&self, timeout: Duration) {
+        let stalled: Vec<Arc<PulledStream>> = {
+            let mut pulled = self.pulled.lock();
+            pulled.retain(|s| s.strong_count() > 0);
+            pulled
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|s| s.stalled_for(timeout))
+                .collect()
+        };
+        for stream in stalled {
+            stream.end_stalled();
+        }
+    }
+
     fn is_all_stalled(&self) -> bool {
         let counts = self.counts.lock();
         counts.stalled > 0 && counts.stalled == counts.open
@@ -51,7 +81,6 @@ impl ConnectionStreams {
 }
 
 /// One response stream's place on its connection.
-#[derive(Debug)]
 pub struct StreamSlot {
     conn: Arc<ConnectionStreams>,
     stalled: bool,

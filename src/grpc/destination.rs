@@ -1,7 +1,9 @@
-//! `Get` and `GetProfile`: a task per stream that follows the resolver and sends diffs.
+//! `Get` and `GetProfile`: streams that follow the resolver and send diffs.
 //!
 //! The service is a plain tower service over HTTP requests so that each stream's
 //! messages are framed by [`framing`] (exact-size buffers) rather than tonic's encoder.
+//! A `Get` stream makes its messages inside its response body, as HTTP/2 pulls them
+//! ([`pulled`]); a `GetProfile` stream is a task feeding a queue.
 
 use std::{
     convert::Infallible,
@@ -25,6 +27,7 @@ use super::{
     convert,
     framing::{self, MessageBody, MessageSender, SendError},
     profile,
+    pulled::{self, Outbox, PulledBody},
     shared::{EncodedDelta, EncodedUpdates, SharedDeltas, SharedSnapshots, UpdateKind},
 };
 use crate::{
@@ -92,6 +95,11 @@ impl DestinationService {
         }
     }
 
+    /// How long a stream may have something to send that its client makes no room for.
+    pub(super) fn send_timeout(&self) -> Duration {
+        self.settings.send_timeout
+    }
+
     /// The server-wide count of requests being read and its limit, so the other APIs on
     /// this server count theirs against the same limit.
     pub fn pending_requests(&self) -> (Arc<AtomicUsize>, usize) {
@@ -144,13 +152,15 @@ impl DestinationService {
             // Boxed: a request still being read then holds only this small future, not the
             // state of resolving it.
             Ok(msg) => match rpc {
-                Rpc::Get => Box::pin(self.get(msg, call)).await,
-                Rpc::GetProfile => self.get_profile(msg, call),
+                Rpc::Get => Box::pin(self.get(msg, call))
+                    .await
+                    .map(PulledBody::into_response),
+                Rpc::GetProfile => self.get_profile(msg, call).map(MessageBody::into_response),
             },
             Err(status) => Err(status),
         };
         match result {
-            Ok(body) => body.into_response(),
+            Ok(response) => response,
             Err(status) => status.into_http(),
         }
     }
@@ -165,7 +175,7 @@ impl DestinationService {
         framing::decode_request(body, deadline).await
     }
 
-    async fn get(&self, req: pb::GetDestination, call: Call) -> Result<MessageBody, Status> {
+    async fn get(&self, req: pb::GetDestination, call: Call) -> Result<PulledBody, Status> {
         let authority = match self.parse(&req)? {
             Authority::Service(s) => s,
             Authority::Ip(addr) => {
@@ -184,21 +194,25 @@ impl DestinationService {
             Some(Err(e)) => return Err(resolve_status(e)),
             None => return Err(Status::unavailable("the server is shutting down")),
         };
-        let (tx, body) = call.channel();
         let task = EndpointTask {
             stream,
             client,
-            tx,
-            settings: Arc::clone(&self.settings),
             metrics: Arc::clone(&self.metrics),
             local_cluster: self.resolver.local_cluster_name(),
             shared: Arc::clone(&self.shared),
             snapshots: Arc::clone(&self.snapshots),
             deadline: call.deadline,
         };
-        // Debug level: a span entered on every poll of every stream costs at scale.
-        let span = debug_span!("get", authority = %quote_prefix(&req.path));
-        tokio::spawn(task.run(first, self.shutdown.clone()).instrument(span));
+        let shutdown = self.shutdown.clone();
+        let (stream, body) = pulled::stream(
+            move |outbox| Box::pin(task.run(first, outbox, shutdown)),
+            call.slot(),
+            self.metrics.stream_send_timeouts.clone(),
+        );
+        if let Some(connection) = &call.connection {
+            connection.register(&stream);
+        }
+        debug!(authority = %quote_prefix(&req.path), "Get stream opened");
         Ok(body)
     }
 
@@ -254,10 +268,12 @@ struct Call {
 impl Call {
     /// The response stream's channel, counted on its connection.
     fn channel(&self) -> (MessageSender, MessageBody) {
-        framing::channel(
-            STREAM_BUFFER,
-            self.connection.as_ref().map(ConnectionStreams::open),
-        )
+        framing::channel(STREAM_BUFFER, self.slot())
+    }
+
+    /// The response stream's place on its connection.
+    fn slot(&self) -> Option<crate::grpc::connection::StreamSlot> {
+        self.connection.as_ref().map(ConnectionStreams::open)
     }
 }
 
@@ -322,8 +338,6 @@ async fn send(
 struct EndpointTask {
     stream: EndpointStream,
     client: ClientLocality,
-    tx: MessageSender,
-    settings: Arc<StreamSettings>,
     metrics: Arc<Metrics>,
     local_cluster: Arc<str>,
     shared: Arc<SharedDeltas>,
@@ -375,15 +389,20 @@ impl UpdateCounters {
 }
 
 impl EndpointTask {
-    async fn run(mut self, first: Arc<EndpointSet>, mut shutdown: watch::Receiver<bool>) {
+    /// The stream's producer: puts each message in `outbox` as the body asks for it, and
+    /// returns the status the stream ends with. The client going away drops it.
+    async fn run(
+        mut self,
+        first: Arc<EndpointSet>,
+        outbox: Outbox,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Status {
         let _open = OpenStream::new(&self.metrics, "Get");
         let counters = UpdateCounters::new(&self.metrics);
         let mut held = Held::default();
         let mut next = Some(Ok(first));
         // Made once, not per update: registering and dropping waiters on every change
         // showed in profiles at 25,000 streams.
-        let client_gone = self.tx.closed();
-        tokio::pin!(client_gone);
         let shutting_down = shutdown.wait_for(|s| *s);
         tokio::pin!(shutting_down);
         let deadline = calls::Call::deadline_passed(self.deadline);
@@ -391,31 +410,14 @@ impl EndpointTask {
         loop {
             let set = match next.take() {
                 Some(Ok(set)) => set,
-                Some(Err(e)) => {
-                    self.tx.end(resolve_status(e));
-                    return;
-                }
-                None => return,
+                Some(Err(e)) => return resolve_status(e),
+                None => return Status::ok(""),
             };
             let view = self.client.filter(&set);
             let frames = self.frames_for(&held, &set, &view);
             if !frames.bytes.is_empty() {
-                match send(
-                    &self.tx,
-                    frames.bytes.clone(),
-                    self.settings.send_timeout,
-                    &self.metrics,
-                )
-                .await
-                {
-                    Ok(()) => counters.count(&frames.kinds),
-                    Err(SendError::Closed) => return,
-                    Err(SendError::TimedOut) => {
-                        debug!("client stopped reading; ending the stream");
-                        self.tx.end_stalled(calls::stalled());
-                        return;
-                    }
-                };
+                outbox.put(frames.bytes.clone()).await;
+                counters.count(&frames.kinds);
             }
             // Release the encoded messages before waiting: an idle stream would otherwise
             // hold its largest message (the first snapshot) for as long as it stays open.
@@ -426,12 +428,8 @@ impl EndpointTask {
             drop(set);
             next = tokio::select! {
                 n = self.stream.next() => n,
-                _ = &mut client_gone => return,
-                _ = &mut shutting_down => return,
-                _ = &mut deadline => {
-                    self.tx.end(calls::deadline_exceeded());
-                    return;
-                }
+                _ = &mut shutting_down => return Status::ok(""),
+                _ = &mut deadline => return calls::deadline_exceeded(),
             };
         }
     }

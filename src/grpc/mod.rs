@@ -8,6 +8,7 @@ pub mod framing;
 mod identity;
 mod policy;
 mod profile;
+pub mod pulled;
 pub mod server;
 mod shared;
 

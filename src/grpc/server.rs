@@ -150,17 +150,23 @@ impl Connection {
             .builder
             .serve_connection(io, TowerToHyperService::new(service));
         tokio::pin!(conn);
-        let grace = tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    debug!(error = %e, "connection ended with an error");
+        let send_timeout = self.destination.send_timeout();
+        let mut sweep = tokio::time::interval(sweep_period(send_timeout));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let grace = loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
                 }
-                return;
-            }
-            _ = self.shutdown.wait_for(|s| *s) => self.limits.shutdown_grace,
-            _ = streams.all_stalled() => {
-                warn!("every stream on the connection stopped reading; closing the connection");
-                STALLED_CONNECTION_GRACE
+                _ = self.shutdown.wait_for(|s| *s) => break self.limits.shutdown_grace,
+                _ = streams.all_stalled() => {
+                    warn!("every stream on the connection stopped reading; closing the connection");
+                    break STALLED_CONNECTION_GRACE;
+                }
+                _ = sweep.tick() => streams.sweep(send_timeout),
             }
         };
         conn.as_mut().graceful_shutdown();
@@ -168,6 +174,12 @@ impl Connection {
             debug!("connection did not finish within its grace; closed");
         }
     }
+}
+
+/// How often a connection looks for streams whose client stopped reading: a stall is
+/// found between one and one and a quarter send timeouts after it began.
+fn sweep_period(send_timeout: Duration) -> Duration {
+    (send_timeout / 4).max(Duration::from_millis(50))
 }
 
 /// Reads the HTTP/2 client preface within `timeout`; false (and logged why) when the
