@@ -56,8 +56,9 @@ kubeconfig="$dir/local/kubeconfig"
 
 # The bench profile shares its build with the benchmark itself (both land in target/release).
 cargo build --locked --profile bench --quiet --bin meshlink
+# The benchmark's own artifact: cargo also reports the meshlink binary it builds for it.
 bench=$(cargo bench --locked --bench destination --no-run --message-format=json 2>/dev/null |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+  grep '"kind":\["bench"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
 [[ -x $bench ]] || { echo "cannot find the benchmark binary" >&2; exit 1; }
 
 "$bench" --kubeconfig "$kubeconfig" --target "$grpc" --world-only --reuse-world "${world_args[@]}" >/dev/null

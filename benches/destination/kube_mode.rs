@@ -701,9 +701,10 @@ async fn churn(
     let cpu0 = target.cpu();
     let peak = target.sample_peak();
     let started = Instant::now();
-    // Writes overlap (a change is three requests), at most this many at once; changes
-    // of one service are ordered by its lock.
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(32));
+    // Writes overlap (a change is three requests, each tens of milliseconds on a busy API
+    // server), at most half a second's worth of changes at once; changes of one service
+    // are ordered by its lock.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new((rate / 2).max(32)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut rss_warm = None;
     let mut next = tokio::time::Instant::now();
