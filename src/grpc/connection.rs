@@ -139,4 +139,45 @@ mod tests {
         drop(a);
         assert!(!conn.is_all_stalled(), "no stream at all is not stalled");
     }
+
+    #[tokio::test]
+    async fn the_sweep_ends_only_streams_stalled_for_the_timeout_and_forgets_dropped_ones() {
+        use bytes::Bytes;
+        use http_body_util::BodyExt;
+        use prometheus_client::metrics::counter::Counter;
+
+        let conn = Arc::new(ConnectionStreams::default());
+        let timeouts = Counter::default();
+        let open = |conn: &Arc<ConnectionStreams>| {
+            let (stream, body) = super::super::pulled::stream(
+                |outbox| {
+                    Box::pin(async move {
+                        outbox.put(Bytes::from_static(b"first")).await;
+                        std::future::pending::<tonic::Status>().await
+                    })
+                },
+                Some(conn.open()),
+                timeouts.clone(),
+            );
+            conn.register(&stream);
+            (stream, Box::pin(body))
+        };
+        let (_reading, mut reading_body) = open(&conn);
+        let (_stalled, _stalled_body) = open(&conn);
+        let (gone, gone_body) = open(&conn);
+        drop((gone, gone_body));
+        // The reading client takes its first message; the stalled one never does.
+        reading_body.frame().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        conn.sweep(Duration::from_millis(50));
+        assert_eq!(timeouts.get(), 1, "only the stream never read is ended");
+        assert_eq!(
+            conn.pulled.lock().len(),
+            2,
+            "the dropped stream is forgotten"
+        );
+        assert!(!conn.is_all_stalled(), "one stream still reads");
+        conn.sweep(Duration::from_millis(50));
+        assert_eq!(timeouts.get(), 1, "an ended stream is not counted again");
+    }
 }

@@ -260,13 +260,30 @@ impl MessageSender {
 impl MessageBody {
     /// The response carrying this body.
     pub fn into_response(self) -> http::Response<tonic::body::Body> {
-        let mut response = http::Response::new(tonic::body::Body::new(self));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        response
+        response(self)
     }
+}
+
+/// A gRPC response streaming `body`.
+pub fn response<B>(body: B) -> http::Response<tonic::body::Body>
+where
+    B: http_body::Body<Data = Bytes, Error = Status> + Send + 'static,
+{
+    let mut response = http::Response::new(tonic::body::Body::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// A response stream's last frame: `status` as its `grpc-status` trailers.
+pub fn status_trailers(status: Status) -> Option<Result<http_body::Frame<Bytes>, Status>> {
+    let mut trailers = http::HeaderMap::new();
+    if let Err(e) = status.add_header(&mut trailers) {
+        return Some(Err(e));
+    }
+    Some(Ok(http_body::Frame::trailers(trailers)))
 }
 
 impl http_body::Body for MessageBody {
@@ -306,11 +323,7 @@ impl http_body::Body for MessageBody {
             }
         };
         self.finished = true;
-        let mut trailers = http::HeaderMap::new();
-        if let Err(e) = status.add_header(&mut trailers) {
-            return Poll::Ready(Some(Err(e)));
-        }
-        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+        Poll::Ready(status_trailers(status))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -33,7 +33,7 @@ use prometheus_client::metrics::counter::Counter;
 use tonic::Status;
 use tracing::debug;
 
-use super::{calls, connection::StreamSlot};
+use super::{calls, connection::StreamSlot, framing};
 
 /// What a producer is: the stream's messages put in its [`Outbox`], then the status the
 /// stream ends with.
@@ -214,12 +214,7 @@ impl PulledStream {
 impl PulledBody {
     /// The response carrying this body.
     pub fn into_response(self) -> http::Response<tonic::body::Body> {
-        let mut response = http::Response::new(tonic::body::Body::new(self));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        response
+        framing::response(self)
     }
 }
 
@@ -261,11 +256,7 @@ impl http_body::Body for PulledBody {
             inner.end.take().unwrap_or_else(|| Status::ok(""))
         };
         self.finished = true;
-        let mut trailers = http::HeaderMap::new();
-        if let Err(e) = status.add_header(&mut trailers) {
-            return Poll::Ready(Some(Err(e)));
-        }
-        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+        Poll::Ready(framing::status_trailers(status))
     }
 
     fn is_end_stream(&self) -> bool {
