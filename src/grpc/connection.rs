@@ -15,15 +15,23 @@ use std::{
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::pulled::PulledStream;
-
 /// The response streams open on one connection.
 #[derive(Default)]
 pub struct ConnectionStreams {
     counts: Mutex<Counts>,
     all_stalled: Notify,
-    /// The pulled streams, for the sweep; dropped streams are purged as it runs.
-    pulled: Mutex<Vec<Weak<PulledStream>>>,
+    /// The streams the sweep looks at; dropped streams are purged as it runs.
+    sweepable: Mutex<Vec<Weak<dyn Stallable>>>,
+}
+
+/// A response stream the connection's sweep can find stalled and end (see
+/// [`super::pulled`]).
+pub trait Stallable: Send + Sync {
+    /// Whether the stream has had something to send for `timeout` or longer without its
+    /// client making room for it.
+    fn stalled_for(&self, timeout: Duration) -> bool;
+    /// Ends the stream as stalled.
+    fn end_stalled(&self);
 }
 
 #[derive(Debug, Default)]
@@ -52,18 +60,19 @@ impl ConnectionStreams {
         }
     }
 
-    /// Registers a pulled stream for [`Self::sweep`].
-    pub fn register(&self, stream: &Arc<PulledStream>) {
-        self.pulled.lock().push(Arc::downgrade(stream));
+    /// Registers a stream for [`Self::sweep`].
+    pub fn register(&self, stream: &Arc<impl Stallable + 'static>) {
+        let stream: Arc<dyn Stallable> = Arc::clone(stream) as Arc<dyn Stallable>;
+        self.sweepable.lock().push(Arc::downgrade(&stream));
     }
 
-    /// Ends every pulled stream that had something to send for `timeout` or longer
+    /// Ends every registered stream that had something to send for `timeout` or longer
     /// without its client making room for it.
     pub fn sweep(&self, timeout: Duration) {
-        let stalled: Vec<Arc<PulledStream>> = {
-            let mut pulled = self.pulled.lock();
-            pulled.retain(|s| s.strong_count() > 0);
-            pulled
+        let stalled: Vec<Arc<dyn Stallable>> = {
+            let mut sweepable = self.sweepable.lock();
+            sweepable.retain(|s| s.strong_count() > 0);
+            sweepable
                 .iter()
                 .filter_map(Weak::upgrade)
                 .filter(|s| s.stalled_for(timeout))
@@ -74,7 +83,12 @@ impl ConnectionStreams {
         }
     }
 
-    fn is_all_stalled(&self) -> bool {
+    /// How many streams are registered for the sweep (dropped ones until it purges them).
+    pub fn registered(&self) -> usize {
+        self.sweepable.lock().len()
+    }
+
+    pub(super) fn is_all_stalled(&self) -> bool {
         let counts = self.counts.lock();
         counts.stalled > 0 && counts.stalled == counts.open
     }
@@ -138,46 +152,5 @@ mod tests {
             .expect("the last healthy stream leaving wakes the connection");
         drop(a);
         assert!(!conn.is_all_stalled(), "no stream at all is not stalled");
-    }
-
-    #[tokio::test]
-    async fn the_sweep_ends_only_streams_stalled_for_the_timeout_and_forgets_dropped_ones() {
-        use bytes::Bytes;
-        use http_body_util::BodyExt;
-        use prometheus_client::metrics::counter::Counter;
-
-        let conn = Arc::new(ConnectionStreams::default());
-        let timeouts = Counter::default();
-        let open = |conn: &Arc<ConnectionStreams>| {
-            let (stream, body) = super::super::pulled::stream(
-                |outbox| {
-                    Box::pin(async move {
-                        outbox.put(Bytes::from_static(b"first")).await;
-                        std::future::pending::<tonic::Status>().await
-                    })
-                },
-                Some(conn.open()),
-                timeouts.clone(),
-            );
-            conn.register(&stream);
-            (stream, Box::pin(body))
-        };
-        let (_reading, mut reading_body) = open(&conn);
-        let (_stalled, _stalled_body) = open(&conn);
-        let (gone, gone_body) = open(&conn);
-        drop((gone, gone_body));
-        // The reading client takes its first message; the stalled one never does.
-        reading_body.frame().await.unwrap().unwrap();
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        conn.sweep(Duration::from_millis(50));
-        assert_eq!(timeouts.get(), 1, "only the stream never read is ended");
-        assert_eq!(
-            conn.pulled.lock().len(),
-            2,
-            "the dropped stream is forgotten"
-        );
-        assert!(!conn.is_all_stalled(), "one stream still reads");
-        conn.sweep(Duration::from_millis(50));
-        assert_eq!(timeouts.get(), 1, "an ended stream is not counted again");
     }
 }

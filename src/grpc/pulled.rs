@@ -33,7 +33,11 @@ use prometheus_client::metrics::counter::Counter;
 use tonic::Status;
 use tracing::debug;
 
-use super::{calls, connection::StreamSlot, framing};
+use super::{
+    calls,
+    connection::{Stallable, StreamSlot},
+    framing,
+};
 
 /// What a producer is: the stream's messages put in its [`Outbox`], then the status the
 /// stream ends with.
@@ -178,10 +182,10 @@ pub fn stream(
     (stream, body)
 }
 
-impl PulledStream {
+impl Stallable for PulledStream {
     /// Whether the stream has had something to send for `timeout` or longer without its
     /// body being polled, while it still runs.
-    pub fn stalled_for(&self, timeout: Duration) -> bool {
+    fn stalled_for(&self, timeout: Duration) -> bool {
         let since = self.wake.waiting_since.load(Ordering::Relaxed);
         let timeout = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         since != 0
@@ -192,7 +196,7 @@ impl PulledStream {
     /// Ends a stream whose client stopped reading: its producer (and every lookup it
     /// holds) is dropped now, the stream is marked stalled on its connection and counted,
     /// and its trailers say why if the client ever reads them.
-    pub fn end_stalled(&self) {
+    fn end_stalled(&self) {
         let producer = {
             let mut inner = self.inner.lock();
             let Some(producer) = inner.producer.take() else {
@@ -267,6 +271,7 @@ impl http_body::Body for PulledBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grpc::connection::ConnectionStreams;
     use http_body_util::BodyExt;
 
     #[tokio::test]
@@ -362,5 +367,42 @@ mod tests {
             !stream.stalled_for(Duration::from_millis(10)),
             "a client with nothing left to take is not stalled, however long it waits"
         );
+    }
+
+    #[tokio::test]
+    async fn the_sweep_ends_only_streams_stalled_for_the_timeout_and_forgets_dropped_ones() {
+        use bytes::Bytes;
+        use http_body_util::BodyExt;
+        use prometheus_client::metrics::counter::Counter;
+
+        let conn = Arc::new(ConnectionStreams::default());
+        let timeouts = Counter::default();
+        let open = |conn: &Arc<ConnectionStreams>| {
+            let (stream, body) = super::stream(
+                |outbox| {
+                    Box::pin(async move {
+                        outbox.put(Bytes::from_static(b"first")).await;
+                        std::future::pending::<tonic::Status>().await
+                    })
+                },
+                Some(conn.open()),
+                timeouts.clone(),
+            );
+            conn.register(&stream);
+            (stream, Box::pin(body))
+        };
+        let (_reading, mut reading_body) = open(&conn);
+        let (_stalled, _stalled_body) = open(&conn);
+        let (gone, gone_body) = open(&conn);
+        drop((gone, gone_body));
+        // The reading client takes its first message; the stalled one never does.
+        reading_body.frame().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        conn.sweep(Duration::from_millis(50));
+        assert_eq!(timeouts.get(), 1, "only the stream never read is ended");
+        assert_eq!(conn.registered(), 2, "the dropped stream is forgotten");
+        assert!(!conn.is_all_stalled(), "one stream still reads");
+        conn.sweep(Duration::from_millis(50));
+        assert_eq!(timeouts.get(), 1, "an ended stream is not counted again");
     }
 }
