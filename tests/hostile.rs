@@ -400,6 +400,35 @@ async fn oversized_foreign_and_long_requests_are_refused_briefly() {
     );
 }
 
+/// A client that grants no flow-control window and whose service never changes: the first
+/// message alone waits for room, the stream times out, and the connection (every stream of
+/// it stalled) is closed, its lookups freed.
+#[tokio::test]
+async fn a_stream_whose_first_message_is_never_taken_is_ended() {
+    let server = Binary::start(&["--stream-send-timeout", "1s"]).await;
+    let (mut send, conn) = raw_h2(server.grpc, 0).await;
+    let (response, mut body) = send
+        .send_request(grpc_request("Get", "application/grpc"), false)
+        .expect("send");
+    let request = framed("web.shop.svc.cluster.local:80");
+    body.reserve_capacity(request.len());
+    body.send_data(request, true).expect("data");
+    let _response = response;
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(
+        closed.is_ok(),
+        "the server kept a connection whose only stream never took its first message"
+    );
+    assert_eq!(
+        server
+            .metric("meshlink_grpc_stream_send_timeouts_total")
+            .await,
+        1.0
+    );
+    server.answers_others().await;
+    server.stop().await;
+}
+
 /// A client that grants no flow-control window while its stream has updates to send: the
 /// stream times out, and since every stream on the connection stalled, the connection is
 /// closed within the send timeout and a second.

@@ -69,16 +69,13 @@ impl ConnectionStreams {
     /// Ends every registered stream that had something to send for `timeout` or longer
     /// without its client making room for it.
     pub fn sweep(&self, timeout: Duration) {
-        let stalled: Vec<Arc<dyn Stallable>> = {
+        let live: Vec<Arc<dyn Stallable>> = {
             let mut sweepable = self.sweepable.lock();
             sweepable.retain(|s| s.strong_count() > 0);
-            sweepable
-                .iter()
-                .filter_map(Weak::upgrade)
-                .filter(|s| s.stalled_for(timeout))
-                .collect()
+            sweepable.iter().filter_map(Weak::upgrade).collect()
         };
-        for stream in stalled {
+        // Outside the registry's lock: a stream's own lock may be held while it encodes.
+        for stream in live.iter().filter(|s| s.stalled_for(timeout)) {
             stream.end_stalled();
         }
     }

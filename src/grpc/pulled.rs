@@ -2,18 +2,21 @@
 //!
 //! A `Get` stream was a task of its own that made each message and queued it for the
 //! response body, which hyper's per-stream task then took: two task wake-ups and a queue
-//! per stream update, a fifth of the server's cost when one change reached 25,000
-//! streams. Here the stream's future (the *producer*) runs inside the body: hyper polls
-//! the body when the stream has flow-control window, the producer makes the next message
-//! from the newest set, and nothing waits in a queue in between.
+//! per stream update, and a task and a channel per open stream. Here the stream's future
+//! (the *producer*) runs inside the body: hyper polls the body when it holds no message of
+//! the stream's, the producer makes the next one from the newest set, and nothing waits in
+//! a queue in between. hyper polls again as soon as it has handed a message to HTTP/2,
+//! which takes it only as the client's flow-control window allows.
 //!
-//! A client that stops reading grants no window, so hyper stops polling its body and the
-//! producer stops with it: the stream then holds what HTTP/2 already accepted and the
-//! newest set, never a backlog. Its connection's sweep ([`super::connection`]) ends a
-//! stream that had something to send (a change, or its first message) for longer than the
-//! send timeout: the producer and the lookups it holds are dropped, the stream is counted
-//! in `meshlink_grpc_stream_send_timeouts_total` and marked stalled on its connection, and
-//! its trailers say so if the client ever reads again.
+//! So a client that stops reading leaves its last message in hyper's hands, its body is not
+//! polled again, and the producer stops with it: the stream then holds that one message and
+//! the newest set, never a backlog. Every message handed over starts the stream's wait;
+//! the next poll (hyper back for more) ends it. Its connection's sweep
+//! ([`super::connection`]) ends a stream that waited for the send timeout: the producer and
+//! the lookups it holds are dropped, the stream is counted in
+//! `meshlink_grpc_stream_send_timeouts_total` and marked stalled on its connection, and its
+//! trailers say so if the client ever reads again. While it waits, the producer is not
+//! polled, so the client's deadline and shutdown reach such a stream only through the sweep.
 
 use std::{
     future::Future,
@@ -48,29 +51,24 @@ pub struct Outbox {
     slot: Arc<Mutex<Slot>>,
 }
 
-/// The message between producer and body.
+/// The message between producer and body, until the body takes it.
 #[derive(Default)]
 struct Slot {
-    /// The next message, until the body takes it.
     msg: Option<Bytes>,
-    /// A further message waits in the producer for this one to be taken.
-    more: bool,
 }
 
 impl Outbox {
     /// Hands `msg` to the body; waits while the message before it has not been taken.
     ///
-    /// So the producer goes on to wait for the next change as soon as a message is out
-    /// (and a change finds a stream whose client makes no room for it), and it is never
-    /// more than one message ahead of the body.
+    /// So the producer goes on to wait for the next change as soon as a message is out,
+    /// and it is never more than one message ahead of the body.
     pub fn put(&self, msg: Bytes) -> impl Future<Output = ()> + Send + '_ {
         let mut msg = Some(msg);
         std::future::poll_fn(move |_| {
             let mut slot = self.slot.lock();
             if slot.msg.is_some() {
-                // The body polls the producer on each of its own polls, after taking the
-                // message: no waker is needed.
-                slot.more = true;
+                // The body takes the message after this poll of the producer, and the next
+                // poll of the body polls the producer again: no waker is needed.
                 return Poll::Pending;
             }
             slot.msg = msg.take();
@@ -159,8 +157,7 @@ pub fn stream(
         waiting_since: AtomicU64::new(0),
         body: AtomicWaker::new(),
     });
-    // The first message is waiting to be sent from the start: a client that grants no
-    // window at all stalls too.
+    // Until hyper first asks for a message, the stream waits too.
     wake.start_waiting();
     let stream = Arc::new(PulledStream {
         inner: Mutex::new(Inner {
@@ -244,13 +241,11 @@ impl http_body::Body for PulledBody {
                     inner.producer = None;
                     inner.end = Some(status);
                 }
-                let mut slot = stream.outbox.lock();
-                if std::mem::take(&mut slot.more) {
-                    // Something more to send already: the stream waits for room from now.
-                    stream.wake.start_waiting();
-                }
                 // A message the producer put before it ended goes out ahead of the status.
-                if let Some(msg) = slot.msg.take() {
+                if let Some(msg) = stream.outbox.lock().msg.take() {
+                    // The stream waits from now until hyper, having handed it to HTTP/2
+                    // (as the client's window allows), asks for the next.
+                    stream.wake.start_waiting();
                     return Poll::Ready(Some(Ok(http_body::Frame::data(msg))));
                 }
                 if inner.producer.is_some() {
@@ -305,7 +300,7 @@ mod tests {
         );
         assert!(
             stream.stalled_for(Duration::ZERO),
-            "a message waiting behind the one just sent waits for room"
+            "a message handed over waits until hyper asks for the next"
         );
         let collected = body.collect().await.unwrap();
         let trailers = collected.trailers().cloned().unwrap();
@@ -362,6 +357,9 @@ mod tests {
         tokio::pin!(body);
         let msg = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(msg, Bytes::from_static(b"only"));
+        // hyper asks for the next message once it has handed this one over: there is none.
+        let next = tokio::time::timeout(Duration::from_millis(10), body.frame()).await;
+        assert!(next.is_err(), "nothing more to send");
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
             !stream.stalled_for(Duration::from_millis(10)),
@@ -397,6 +395,9 @@ mod tests {
         drop((gone, gone_body));
         // The reading client takes its first message; the stalled one never does.
         reading_body.frame().await.unwrap().unwrap();
+        // ... and asks for the next, as hyper does once the message is handed over.
+        let next = tokio::time::timeout(Duration::from_millis(10), reading_body.frame()).await;
+        assert!(next.is_err(), "nothing more to send");
         tokio::time::sleep(Duration::from_millis(60)).await;
         conn.sweep(Duration::from_millis(50));
         assert_eq!(timeouts.get(), 1, "only the stream never read is ended");
