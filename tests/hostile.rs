@@ -187,6 +187,24 @@ async fn raw_h2(
     (send, tokio::spawn(conn))
 }
 
+/// A `Get` of `web` on a connection that grants its streams no flow-control window: the
+/// connection's task, and what the caller holds so the stream stays open.
+async fn get_without_window(
+    server: &Binary,
+) -> (
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+    (h2::client::SendRequest<Bytes>, h2::client::ResponseFuture),
+) {
+    let (mut send, conn) = raw_h2(server.grpc, 0).await;
+    let (response, mut body) = send
+        .send_request(grpc_request("Get", "application/grpc"), false)
+        .expect("send");
+    let request = framed("web.shop.svc.cluster.local:80");
+    body.reserve_capacity(request.len());
+    body.send_data(request, true).expect("data");
+    (conn, (send, response))
+}
+
 fn grpc_request(method: &str, content_type: &str) -> http::Request<()> {
     http::Request::post(format!(
         "http://meshlink/io.linkerd.proxy.destination.Destination/{method}"
@@ -406,14 +424,7 @@ async fn oversized_foreign_and_long_requests_are_refused_briefly() {
 #[tokio::test]
 async fn a_stream_whose_first_message_is_never_taken_is_ended() {
     let server = Binary::start(&["--stream-send-timeout", "1s"]).await;
-    let (mut send, conn) = raw_h2(server.grpc, 0).await;
-    let (response, mut body) = send
-        .send_request(grpc_request("Get", "application/grpc"), false)
-        .expect("send");
-    let request = framed("web.shop.svc.cluster.local:80");
-    body.reserve_capacity(request.len());
-    body.send_data(request, true).expect("data");
-    let _response = response;
+    let (conn, _held) = get_without_window(&server).await;
     let closed = tokio::time::timeout(Duration::from_secs(10), conn).await;
     assert!(
         closed.is_ok(),
@@ -435,14 +446,7 @@ async fn a_stream_whose_first_message_is_never_taken_is_ended() {
 #[tokio::test]
 async fn a_connection_whose_every_stream_stalled_is_closed() {
     let server = Binary::start(&["--stream-send-timeout", "1s"]).await;
-    let (mut send, conn) = raw_h2(server.grpc, 0).await;
-    let (response, mut body) = send
-        .send_request(grpc_request("Get", "application/grpc"), false)
-        .expect("send");
-    let request = framed("web.shop.svc.cluster.local:80");
-    body.reserve_capacity(request.len());
-    body.send_data(request, true).expect("data");
-    let _response = response;
+    let (conn, _held) = get_without_window(&server).await;
     // Updates the client never takes: more than the stream's queue holds.
     let writer = {
         let dir = server.dir.path().to_path_buf();
