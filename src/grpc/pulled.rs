@@ -25,7 +25,7 @@ use std::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll, Wake, Waker},
+    task::{Context, Poll, Wake, Waker, ready},
     time::{Duration, Instant},
 };
 
@@ -48,13 +48,7 @@ pub type Producer = Pin<Box<dyn Future<Output = Status> + Send>>;
 
 /// Where a producer puts its next message for the body to send.
 pub struct Outbox {
-    slot: Arc<Mutex<Slot>>,
-}
-
-/// The message between producer and body, until the body takes it.
-#[derive(Default)]
-struct Slot {
-    msg: Option<Bytes>,
+    next: Arc<Mutex<Option<Bytes>>>,
 }
 
 impl Outbox {
@@ -65,13 +59,13 @@ impl Outbox {
     pub fn put(&self, msg: Bytes) -> impl Future<Output = ()> + Send + '_ {
         let mut msg = Some(msg);
         std::future::poll_fn(move |_| {
-            let mut slot = self.slot.lock();
-            if slot.msg.is_some() {
+            let mut next = self.next.lock();
+            if next.is_some() {
                 // The body takes the message after this poll of the producer, and the next
                 // poll of the body polls the producer again: no waker is needed.
                 return Poll::Pending;
             }
-            slot.msg = msg.take();
+            *next = msg.take();
             Poll::Ready(())
         })
     }
@@ -80,7 +74,8 @@ impl Outbox {
 /// A stream's state, shared by its body and its connection's sweep.
 pub struct PulledStream {
     inner: Mutex<Inner>,
-    outbox: Arc<Mutex<Slot>>,
+    /// The producer's next message, shared with its [`Outbox`].
+    next: Arc<Mutex<Option<Bytes>>>,
     wake: Arc<WakeBody>,
     /// `wake` as a waker, made once.
     waker: Waker,
@@ -152,7 +147,7 @@ pub fn stream(
     slot: Option<StreamSlot>,
     timeouts: Counter,
 ) -> (Arc<PulledStream>, PulledBody) {
-    let outbox = Arc::new(Mutex::new(Slot::default()));
+    let next = Arc::new(Mutex::new(None));
     let wake = Arc::new(WakeBody {
         waiting_since: AtomicU64::new(0),
         body: AtomicWaker::new(),
@@ -162,12 +157,12 @@ pub fn stream(
     let stream = Arc::new(PulledStream {
         inner: Mutex::new(Inner {
             producer: Some(producer(Outbox {
-                slot: Arc::clone(&outbox),
+                next: Arc::clone(&next),
             })),
             end: None,
             slot,
         }),
-        outbox,
+        next,
         waker: Waker::from(Arc::clone(&wake)),
         wake,
         timeouts,
@@ -177,6 +172,29 @@ pub fn stream(
         finished: false,
     };
     (stream, body)
+}
+
+impl PulledStream {
+    /// Runs the producer until it puts a message or ends: the message, or the status the
+    /// stream ends with (once the producer's last message went out).
+    fn poll_next_message(&self) -> Poll<Result<Bytes, Status>> {
+        let mut inner = self.inner.lock();
+        if let Some(producer) = inner.producer.as_mut() {
+            let mut producer_cx = Context::from_waker(&self.waker);
+            if let Poll::Ready(status) = producer.as_mut().poll(&mut producer_cx) {
+                inner.producer = None;
+                inner.end = Some(status);
+            }
+            // A message the producer put before it ended goes out ahead of the status.
+            if let Some(msg) = self.next.lock().take() {
+                return Poll::Ready(Ok(msg));
+            }
+            if inner.producer.is_some() {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(Err(inner.end.take().unwrap_or_else(|| Status::ok(""))))
+    }
 }
 
 impl Stallable for PulledStream {
@@ -232,30 +250,20 @@ impl http_body::Body for PulledBody {
         }
         let stream = &*self.stream;
         stream.wake.body.register(cx.waker());
+        // hyper is back for more: whatever it was handed went out.
         stream.wake.waiting_since.store(0, Ordering::Relaxed);
-        let status = {
-            let mut inner = stream.inner.lock();
-            if let Some(producer) = inner.producer.as_mut() {
-                let mut producer_cx = Context::from_waker(&stream.waker);
-                if let Poll::Ready(status) = producer.as_mut().poll(&mut producer_cx) {
-                    inner.producer = None;
-                    inner.end = Some(status);
-                }
-                // A message the producer put before it ended goes out ahead of the status.
-                if let Some(msg) = stream.outbox.lock().msg.take() {
-                    // The stream waits from now until hyper, having handed it to HTTP/2
-                    // (as the client's window allows), asks for the next.
-                    stream.wake.start_waiting();
-                    return Poll::Ready(Some(Ok(http_body::Frame::data(msg))));
-                }
-                if inner.producer.is_some() {
-                    return Poll::Pending;
-                }
+        match ready!(stream.poll_next_message()) {
+            Ok(msg) => {
+                // The stream waits from now until hyper, having handed it to HTTP/2 (as
+                // the client's window allows), asks for the next.
+                stream.wake.start_waiting();
+                Poll::Ready(Some(Ok(http_body::Frame::data(msg))))
             }
-            inner.end.take().unwrap_or_else(|| Status::ok(""))
-        };
-        self.finished = true;
-        Poll::Ready(framing::status_trailers(status))
+            Err(status) => {
+                self.finished = true;
+                Poll::Ready(framing::status_trailers(status))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
